@@ -1,0 +1,24 @@
+"""Shared fixtures. Everything runs on CPU, on audio made in the test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+# Deterministic, two-core-friendly defaults.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def smoke_config():
+    from umt_core.config import preset
+
+    cfg = preset("smoke")
+    cfg.domains = ["piano", "cello", "flute"]
+    return cfg

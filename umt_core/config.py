@@ -1,0 +1,206 @@
+"""One config system: plain dataclasses, named presets, dotted overrides.
+
+A `Config` fully describes a model and how it is trained. It is stored, resolved,
+in every run directory (`config.yaml`) and inside every checkpoint, so a checkpoint
+can always rebuild its own model.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    # Encoder: non-causal dilated residual convolutions, then a 1x1 to the latent, then
+    # average pooling. Dilation 2**i for layer i of each block.
+    encoder_blocks: int = 3
+    encoder_layers: int = 10
+    encoder_channels: int = 128
+    encoder_kernel: int = 3
+    latent_channels: int = 64
+    pool: int = 800  # audio samples per latent frame
+    # Decoders: one WaveNet per domain.
+    decoder_blocks: int = 4
+    decoder_layers: int = 14
+    residual_channels: int = 128
+    skip_channels: int = 128
+    decoder_kernel: int = 2
+    # Domain classifier ("discriminator" in the reference): 1x1 convs with ELU.
+    classifier_layers: int = 3
+    classifier_channels: int = 100
+    classifier_dropout: float = 0.0
+    # Reference bug, kept for the study's comparison: one decoder for every domain.
+    shared_decoder: bool = False
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples of past input one decoder output sees (including the first conv)."""
+        per_block = (self.decoder_kernel - 1) * (2**self.decoder_layers - 1)
+        return self.decoder_blocks * per_block + self.decoder_kernel
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    lr_decay: float = 0.995  # multiplied into the learning rate after every epoch
+    batch_per_domain: int = 32  # effective batch per domain, whatever the device count
+    micro_batch: int = 0  # per-device forward batch; 0 = the whole per-device share
+    segment_samples: int = 12000
+    steps_per_epoch: int = 1000
+    epochs: int = 10000
+    confusion_weight: float = 1e-2  # lambda of the domain-confusion term
+    grad_clip: float = 1.0  # gradient value clip, as the reference
+    augment: bool = True  # pitch-shift a sub-segment of the encoder input
+    pitch_shift_semitones: float = 0.5
+    schedule: str = "all_domains"  # or "round_robin": one domain per step (reference)
+    bf16: bool = True  # autocast to bfloat16 on CUDA only; CPU always trains in fp32
+    seed: int = 1
+    val_batches: int = 4  # validation batches per domain at the end of every epoch
+    num_workers: int = 0
+    # Divergence guard.
+    spike_factor: float = 10.0  # a step loss this many times the running median is skipped
+    spike_window: int = 50
+    max_bad_steps: int = 20  # this many skipped steps in a row -> roll back
+    rollback_lr_factor: float = 0.5
+    uniform_margin: float = 0.05  # validation loss within this of ln 256 -> diverged
+    checkpoint_every: int = 0  # also keep checkpoints/step_<n>.pt every n steps (0 = never)
+
+
+@dataclass
+class Config:
+    preset: str = "paper"
+    sample_rate: int = 16000
+    mu_law: str = "torchaudio"  # "torchaudio" (rounding) or "reference" (truncation)
+    domains: list[str] = field(default_factory=list)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        d = dict(d)
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}")
+        model = _build(ModelConfig, d.pop("model", {}), "model")
+        train = _build(TrainConfig, d.pop("train", {}), "train")
+        return cls(model=model, train=train, **d)
+
+    def save_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load_yaml(cls, path: str | Path) -> Config:
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of config fields")
+        return cls.from_dict(data)
+
+
+def _build(klass, values: dict[str, Any], section: str):
+    names = {f.name for f in dataclasses.fields(klass)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"unknown {section} config keys {sorted(unknown)}; known: {sorted(names)}")
+    return klass(**values)
+
+
+def _paper() -> Config:
+    return Config(preset="paper")
+
+
+def _cpu() -> Config:
+    # Same architecture, scaled to train in minutes on 2 CPU cores.
+    return Config(
+        preset="cpu",
+        model=ModelConfig(
+            encoder_blocks=2, encoder_layers=8, encoder_channels=32, latent_channels=16,
+            pool=128, decoder_blocks=2, decoder_layers=8, residual_channels=32,
+            skip_channels=32, classifier_layers=2, classifier_channels=32,
+        ),
+        train=TrainConfig(
+            batch_per_domain=8, segment_samples=4096, steps_per_epoch=100, epochs=6,
+            lr_decay=0.98, val_batches=2,
+        ),
+    )
+
+
+def _smoke() -> Config:
+    # Seconds, for tests.
+    return Config(
+        preset="smoke",
+        model=ModelConfig(
+            encoder_blocks=1, encoder_layers=3, encoder_channels=8, latent_channels=4,
+            pool=16, decoder_blocks=1, decoder_layers=4, residual_channels=8,
+            skip_channels=8, classifier_layers=2, classifier_channels=8,
+        ),
+        train=TrainConfig(
+            batch_per_domain=2, segment_samples=256, steps_per_epoch=10, epochs=2,
+            lr_decay=1.0, val_batches=1, augment=False, lr=3e-3,
+        ),
+    )
+
+
+PRESETS = {"paper": _paper, "cpu": _cpu, "smoke": _smoke}
+
+
+def preset(name: str, overrides: dict[str, Any] | None = None) -> Config:
+    """The named preset with dotted overrides applied, e.g. {"train.lr": 1e-4}."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    cfg = PRESETS[name]()
+    return apply_overrides(cfg, overrides or {})
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Return a copy of `cfg` with `{"section.field": value}` overrides applied.
+
+    String values (from the command line) are parsed as YAML scalars, so "1e-4",
+    "true" and "[a, b]" get their natural types.
+    """
+    cfg = copy.deepcopy(cfg)
+    for key, value in overrides.items():
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value != "" else value
+        target: Any = cfg
+        *path, name = key.split(".")
+        for part in path:
+            if not dataclasses.is_dataclass(target) or not hasattr(target, part):
+                raise ValueError(f"unknown config override {key!r}")
+            target = getattr(target, part)
+        if not dataclasses.is_dataclass(target) or name not in {
+            f.name for f in dataclasses.fields(target)
+        }:
+            raise ValueError(f"unknown config override {key!r}")
+        current = getattr(target, name)
+        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if current is not None and not isinstance(value, type(current)):
+            raise ValueError(
+                f"config override {key}={value!r}: expected {type(current).__name__}"
+            )
+        setattr(target, name, value)
+    return cfg
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, str]:
+    """Parse CLI `key=value` strings."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.field=value")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out

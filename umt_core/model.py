@@ -1,0 +1,204 @@
+"""The Universal Music Translation Network: a shared encoder, one WaveNet decoder per
+domain and a domain classifier on the latent code.
+
+The structure and parameter names follow the reference implementation, so its
+checkpoints load with a plain key prefix (see `umt_core.reference`). Conventions:
+
+- audio enters as mu-law codes, int64 (B, T) in 0..255, scaled to ``c / 255 - 0.5``;
+- ``encoder(codes) -> z`` of shape (B, latent_channels, T // pool);
+- ``decoders[k](codes, z) -> logits`` (B, 256, T), teacher forced: the output at t
+  predicts ``codes[:, t]`` from ``codes[:, :t]`` and z.
+
+Two things differ from the reference in how, not what, is computed: the latent
+conditioning is projected once per latent frame and then repeated in time (a 1x1
+convolution commutes with repetition, so the result is the same, at ``1/pool`` of
+the cost), and a latent whose frames do not tile T exactly is padded with its last
+frame instead of failing.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import Config, ModelConfig
+
+N_CLASSES = 256
+
+
+def scale_codes(codes: torch.Tensor) -> torch.Tensor:
+    """int codes (B, T) -> float input (B, 1, T) in [-0.5, 0.5]."""
+    return (codes.float() / 255.0 - 0.5).unsqueeze(1)
+
+
+def upsample_frames(c: torch.Tensor, length: int) -> torch.Tensor:
+    """Repeat latent frames (B, C, L) in time to (B, C, length).
+
+    Each frame covers ``length // L`` samples (the reference's rule); leftover samples
+    at the end reuse the last frame.
+    """
+    frames = c.shape[-1]
+    if frames == length:
+        return c
+    if frames == 0:
+        raise ValueError("latent has no frames: the input is shorter than one pool window")
+    per_frame = max(length // frames, 1)
+    up = c.repeat_interleave(per_frame, dim=-1)[..., :length]
+    if up.shape[-1] < length:
+        up = torch.cat([up, up[..., -1:].expand(*up.shape[:-1], length - up.shape[-1])], -1)
+    return up
+
+
+class EncoderLayer(nn.Module):
+    """``x + conv1x1(relu(dilated_conv(x)))`` with 'same' padding."""
+
+    def __init__(self, channels: int, dilation: int, kernel: int = 3):
+        super().__init__()
+        self.dilated_conv = nn.Conv1d(
+            channels, channels, kernel, padding=dilation * (kernel - 1) // 2, dilation=dilation
+        )
+        self.conv_1x1 = nn.Conv1d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_1x1(F.relu(self.dilated_conv(x)))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        ch = cfg.encoder_channels
+        self.start = nn.Conv1d(1, ch, kernel_size=3, padding=1)
+        self.dilated_convs = nn.Sequential(*[
+            EncoderLayer(ch, 2**i, cfg.encoder_kernel)
+            for _ in range(cfg.encoder_blocks) for i in range(cfg.encoder_layers)
+        ])
+        self.conv_1x1 = nn.Conv1d(ch, cfg.latent_channels, 1)
+        self.pool = nn.AvgPool1d(cfg.pool)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        x = self.start(scale_codes(codes))
+        x = self.dilated_convs(x)
+        return self.pool(self.conv_1x1(x))
+
+
+class DomainClassifier(nn.Module):
+    """Predicts the domain from the latent: 1x1 convs with ELU, mean over time."""
+
+    def __init__(self, cfg: ModelConfig, n_domains: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(cfg.classifier_layers):
+            layers += [
+                nn.Conv1d(cfg.latent_channels if i == 0 else cfg.classifier_channels,
+                          cfg.classifier_channels, 1),
+                nn.ELU(),
+            ]
+        layers.append(nn.Conv1d(cfg.classifier_channels, n_domains, 1))
+        self.dropout = nn.Dropout(cfg.classifier_dropout)
+        self.convs = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.convs(self.dropout(z)).mean(dim=2)
+
+
+class CausalConv1d(nn.Conv1d):
+    """A Conv1d padded on the left only, so output t sees inputs <= t."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, dilation: int = 1):
+        super().__init__(in_ch, out_ch, kernel, dilation=dilation)
+        self.left_padding = dilation * (kernel - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, (self.left_padding, 0)))
+
+
+class DecoderLayer(nn.Module):
+    """Gated WaveNet layer: causal dilated conv + latent conditioning, gate, 1x1 outs."""
+
+    def __init__(self, residual: int, skip: int, latent: int, kernel: int, dilation: int):
+        super().__init__()
+        self.dilation = dilation
+        self.causal = CausalConv1d(residual, 2 * residual, kernel, dilation)
+        self.condition = nn.Conv1d(latent, 2 * residual, 1)
+        self.residual = nn.Conv1d(residual, residual, 1)
+        self.skip = nn.Conv1d(residual, skip, 1)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`cond` is this layer's conditioning, already projected and upsampled."""
+        h = self.causal(x) + cond
+        sig, tanh = h.chunk(2, dim=1)
+        g = torch.sigmoid(sig) * torch.tanh(tanh)
+        return self.residual(g), self.skip(g)
+
+
+class WaveNetDecoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        r, s, lat = cfg.residual_channels, cfg.skip_channels, cfg.latent_channels
+        self.layers = nn.ModuleList([
+            DecoderLayer(r, s, lat, cfg.decoder_kernel, 2**i)
+            for _ in range(cfg.decoder_blocks) for i in range(cfg.decoder_layers)
+        ])
+        self.first_conv = CausalConv1d(1, r, cfg.decoder_kernel)
+        self.skip_conv = nn.Conv1d(r, s, 1)
+        self.condition = nn.Conv1d(lat, s, 1)
+        self.fc = nn.Conv1d(s, s, 1)
+        self.logits = nn.Conv1d(s, N_CLASSES, 1)
+
+    def project_latent(self, z: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-layer conditioning and the head's conditioning, per latent frame."""
+        per_layer = [layer.condition(z) for layer in self.layers]
+        return per_layer, self.condition(z)
+
+    def forward(self, codes: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        x = scale_codes(codes)
+        x = F.pad(x, (1, 0))[..., :-1]  # shift right: output t predicts codes[t]
+        length = x.shape[-1]
+        layer_conds, head_cond = self.project_latent(z)
+        residual = self.first_conv(x)
+        skip = self.skip_conv(residual)
+        for layer, cond in zip(self.layers, layer_conds):
+            r, s = layer(residual, upsample_frames(cond, length))
+            residual = residual + r
+            skip = skip + s
+        h = self.fc(F.relu(skip)) + upsample_frames(head_cond, length)
+        return self.logits(F.relu(h))
+
+
+class UMTN(nn.Module):
+    """Encoder, one decoder per domain (or one shared, the reference bug) and the
+    domain classifier. ``domains`` names the decoders in order."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        if not cfg.domains:
+            raise ValueError("Config.domains is empty: a UMTN needs at least one domain")
+        self.config = cfg
+        self.domains = list(cfg.domains)
+        m = cfg.model
+        self.encoder = Encoder(m)
+        n_decoders = 1 if m.shared_decoder else len(self.domains)
+        self.decoders = nn.ModuleList([WaveNetDecoder(m) for _ in range(n_decoders)])
+        self.domain_classifier = DomainClassifier(m, len(self.domains))
+
+    def decoder(self, domain: int | str) -> WaveNetDecoder:
+        k = self.domain_index(domain)
+        return self.decoders[0 if self.config.model.shared_decoder else k]
+
+    def domain_index(self, domain: int | str) -> int:
+        if isinstance(domain, str):
+            if domain not in self.domains:
+                raise ValueError(f"unknown domain {domain!r}; this model has {self.domains}")
+            return self.domains.index(domain)
+        if not 0 <= domain < len(self.domains):
+            raise ValueError(f"domain index {domain} out of range 0..{len(self.domains) - 1}")
+        return int(domain)
+
+    def forward(self, codes: torch.Tensor, domain: int | str) -> torch.Tensor:
+        """Reconstruction logits of `codes` through `domain`'s decoder."""
+        return self.decoder(domain)(codes, self.encoder(codes))
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
