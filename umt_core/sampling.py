@@ -90,3 +90,34 @@ class SegmentSampler:
         clean = torch.from_numpy(np.stack([p[0] for p in pairs]))
         aug = torch.from_numpy(np.stack([p[1] for p in pairs]))
         return mu_law_encode(clean, self.mu_law), mu_law_encode(aug, self.mu_law)
+
+
+class _Requests(torch.utils.data.Dataset):
+    def __init__(self, sampler: SegmentSampler, requests: Sequence[tuple[int, Sequence[int], int, int]]):
+        self.sampler = sampler
+        self.requests = list(requests)
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        domain, indices, step, stream = self.requests[i]
+        return self.sampler.batch(domain, indices, step, stream)
+
+
+def prefetch(sampler: SegmentSampler, requests: Sequence[tuple[int, Sequence[int], int, int]],
+             num_workers: int = 0, prefetch_factor: int = 2):
+    """Iterate `sampler.batch(domain, indices, step, stream)` for each request, in order,
+    computed ahead by `num_workers` DataLoader worker processes (0 = in this process).
+
+    The results do not depend on the number of workers: every segment has its own seed.
+    """
+    if num_workers <= 0:
+        for domain, indices, step, stream in requests:
+            yield sampler.batch(domain, indices, step, stream)
+        return
+    loader = torch.utils.data.DataLoader(
+        _Requests(sampler, requests), batch_size=None, shuffle=False,
+        num_workers=num_workers, prefetch_factor=prefetch_factor, persistent_workers=False,
+    )
+    yield from loader
