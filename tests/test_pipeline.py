@@ -1,0 +1,233 @@
+"""The study pipeline: papermill over notebooks 01-04, HTML, metrics.json, index.html.
+
+Fast tests drive the pipeline over small stand-in notebooks written in the test; the
+`pipeline` test runs the real notebooks on the `smoke` preset in a scratch project root.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import REPO
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from umt_core import pipeline
+from umt_core.__main__ import main
+
+# An inline figure as nbconvert writes it: <img alt=... class=... src="data:image/png;base64,...
+FIGURE = re.compile(r'<img[^>]*src="data:image/png;base64,')
+
+STANDIN_BODY = """
+import json, pathlib
+import numpy as np
+import matplotlib
+import matplotlib.pyplot as plt
+from IPython.display import Audio, display
+out = pathlib.Path(results_dir)
+(out / "figures").mkdir(parents=True, exist_ok=True)
+fig, ax = plt.subplots(figsize=(3, 2))
+ax.plot(np.arange(10) * steps)
+fig.savefig(out / "figures" / f"{stem}.png")
+plt.show()
+t = np.arange(1600) / 16000
+display(Audio(np.sin(2 * np.pi * 440 * t), rate=16000))
+"""
+
+
+def write_standin(path: Path, *, fail: bool = False, extra_params: str = "") -> None:
+    """A notebook that follows the conventions: parameters cell, a figure, an audio
+    player, and a last cell writing <results_dir>/<stem>.json."""
+    stem = path.stem
+    params = new_code_cell(
+        f'preset = "cpu"  # model preset\n'
+        f'results_dir = "results/interactive"  # where key figures go\n'
+        f'run_dir = "runs/interactive"  # training run\n'
+        f"steps = 1  # a knob\n{extra_params}",
+        metadata={"tags": ["parameters"]},
+    )
+    cells = [new_markdown_cell(f"# {stem}"), params,
+             new_code_cell(f"stem = {stem!r}\n" + STANDIN_BODY)]
+    if fail:
+        cells.append(new_code_cell('raise RuntimeError("stand-in failure " + run_dir)'))
+    cells.append(new_code_cell(
+        "(out / f'{stem}.json').write_text(json.dumps("
+        "{'steps': steps, 'loss': 1.5, 'preset': preset, 'run_dir': run_dir}))"
+    ))
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "umt-study", "display_name": "UMT study",
+                                 "language": "python"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def standin_root(tmp_path):
+    for stem in pipeline.NOTEBOOKS:
+        write_standin(tmp_path / "notebooks" / f"{stem}.ipynb",
+                      extra_params='seconds = 1.0  # clip length\n' if stem.startswith("04") else "")
+    return tmp_path
+
+
+def test_plan_routes_parameters_only_to_notebooks_that_declare_them(standin_root):
+    plan = pipeline.plan_study("smoke", "r1", "m.yaml", {"seconds": 0.25, "steps": 3},
+                               notebooks_dir=standin_root / "notebooks")
+    by_stem = {nb.stem: nb.parameters for nb in plan}
+    assert by_stem["01_data_prep"] == {"preset": "smoke", "run_dir": "runs/r1",
+                                       "results_dir": "results/r1", "steps": 3}
+    assert by_stem["04_listening_tests"]["seconds"] == 0.25
+    assert "seconds" not in by_stem["02_train"]
+    with pytest.raises(ValueError, match="no notebook .* takes the parameter"):
+        pipeline.plan_study("smoke", "r1", "m.yaml", {"secnds": 1},
+                            notebooks_dir=standin_root / "notebooks")
+    with pytest.raises(ValueError, match="unknown preset"):
+        pipeline.plan_study("huge", "r1", "m.yaml", notebooks_dir=standin_root / "notebooks")
+
+
+def test_dotted_keys_go_to_the_overrides_parameter(standin_root):
+    write_standin(standin_root / "notebooks" / "02_train.ipynb",
+                  extra_params="overrides = {}  # dotted config overrides\n")
+    plan = pipeline.plan_study("smoke", "r", "m.yaml", {"train.lr": 1e-4, "steps": 2},
+                               notebooks_dir=standin_root / "notebooks")
+    by_stem = {nb.stem: nb.parameters for nb in plan}
+    assert by_stem["02_train"]["overrides"] == {"train.lr": 1e-4}
+    assert "overrides" not in by_stem["03_loss_analysis"]
+    with pytest.raises(ValueError, match="takes the parameter"):
+        pipeline.plan_study("smoke", "r", "m.yaml", {"train.lr": 1e-4},
+                            notebooks_dir=standin_root / "notebooks", stems=("01_data_prep",))
+
+
+def test_parse_values_reads_yaml_scalars():
+    got = pipeline.parse_values(["steps=20", "seconds=0.5", "manifest=data_manifests/a.yaml",
+                                 "fresh=true", "x=null"])
+    assert got == {"steps": 20, "seconds": 0.5, "manifest": "data_manifests/a.yaml",
+                   "fresh": True, "x": None}
+    with pytest.raises(ValueError):
+        pipeline.parse_values(["steps"])
+
+
+def test_notebook_without_parameters_cell_is_refused(tmp_path):
+    nb = new_notebook(cells=[new_code_cell("x = 1")])
+    nbformat.write(nb, tmp_path / "01_data_prep.ipynb")
+    with pytest.raises(ValueError, match="exactly one cell tagged 'parameters'"):
+        pipeline.declared_parameters(tmp_path / "01_data_prep.ipynb")
+
+
+def test_study_on_standins_writes_report(standin_root):
+    report = pipeline.run_study("smoke", "demo", root=standin_root, log=lambda *a: None,
+                                overrides={"steps": 7})
+    out = standin_root / "results" / "demo"
+    assert report.ok
+    for stem in pipeline.NOTEBOOKS:
+        executed = nbformat.read(out / f"{stem}.ipynb", as_version=4)
+        assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+        page = (out / f"{stem}.html").read_text()
+        assert FIGURE.search(page)
+        assert "<audio" in page and "data:audio/wav;base64" in page
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == list(pipeline.NOTEBOOKS)
+    assert metrics["02_train"] == {"steps": 7, "loss": 1.5, "preset": "smoke",
+                                   "run_dir": "runs/demo"}
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["preset"] == "smoke" and prov["status"] == "ok"
+    assert set(prov["wall_time_s"]) == set(pipeline.NOTEBOOKS)
+    assert prov["packages"]["torch"] and prov["packages"]["papermill"]
+    index = (out / "index.html").read_text()
+    for stem in pipeline.NOTEBOOKS:
+        assert f'href="{stem}.html"' in index
+    assert "git commit" in index and "wall time" in index
+
+
+def test_failing_notebook_stops_study_and_keeps_outputs(standin_root, capsys, monkeypatch):
+    write_standin(standin_root / "notebooks" / "02_train.ipynb", fail=True)
+    monkeypatch.setenv("UMT_ROOT", str(standin_root))  # the CLI's project root
+    code = main(["study", "--preset", "smoke", "--run", "broken"])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "02_train failed in cell" in err
+    assert 'raise RuntimeError("stand-in failure " + run_dir)' in err
+    assert "RuntimeError: stand-in failure runs/broken" in err
+    out = standin_root / "results" / "broken"
+    assert (out / "01_data_prep.html").is_file()  # what ran before is kept
+    assert (out / "02_train.ipynb").is_file() and (out / "02_train.html").is_file()
+    assert not (out / "03_loss_analysis.ipynb").exists()  # nothing after the failure ran
+    assert list(json.loads((out / "metrics.json").read_text())) == ["01_data_prep"]
+    index = (out / "index.html").read_text()
+    assert "failed" in index and "stand-in failure" in index
+
+
+# ------------------------------------------------------------------- the real notebooks
+
+REAL = [REPO / "notebooks" / f"{stem}.ipynb" for stem in pipeline.NOTEBOOKS]
+
+
+def test_experiment_runs_each_variant_and_compares(standin_root, monkeypatch):
+    exp = pipeline.Experiment("steps compared", {"few": {"steps": 2}, "many": {"steps": 9}},
+                              notebooks=("02_train",))
+    monkeypatch.setitem(pipeline.EXPERIMENTS, "steps-demo", exp)
+    reports = pipeline.run_experiment("steps-demo", "smoke", root=standin_root,
+                                      log=lambda *a: None)
+    assert all(r.ok for r in reports.values())
+    out = standin_root / "results" / "steps-demo"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["few"]["02_train"]["steps"] == 2 and metrics["many"]["02_train"]["steps"] == 9
+    assert metrics["many"]["02_train"]["run_dir"] == "runs/steps-demo/many"
+    page = (out / "index.html").read_text()
+    assert 'href="few/index.html"' in page and 'href="many/index.html"' in page
+    assert (out / "many" / "02_train.html").is_file()
+
+
+@pytest.mark.parametrize("path", REAL, ids=lambda p: p.stem)
+def test_notebook_follows_conventions(path):
+    if not path.exists():
+        pytest.skip(f"{path.name} is not written yet")
+    nb = nbformat.read(path, as_version=4)
+    declared = pipeline.declared_parameters(path)  # one parameters cell, results_dir
+    assert declared["results_dir"]["default"].strip("\"'") == "results/interactive"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, "stored with outputs"
+
+
+def _scratch_root(tmp_path: Path) -> Path:
+    """A project root whose data/, runs/ and results/ are the test's own; everything
+    else links to the repository."""
+    root = tmp_path / "project"
+    root.mkdir()
+    for entry in REPO.iterdir():
+        if entry.name not in {"data", "runs", "results", ".git", ".venv", ".pytest_cache"}:
+            (root / entry.name).symlink_to(entry)
+    return root
+
+
+@pytest.mark.pipeline
+def test_smoke_study_runs_every_real_notebook(tmp_path, monkeypatch):
+    missing = [p.name for p in REAL if not p.exists()]
+    if missing:
+        pytest.skip(f"notebooks not written yet: {missing}")
+    root = _scratch_root(tmp_path)
+    monkeypatch.setenv("UMT_ROOT", str(root))
+    report = pipeline.run_study("smoke", "smoke", root=root, log=lambda *a: None)
+    out = root / "results" / "smoke"
+    assert report.ok, [nb.error for nb in report.notebooks]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == list(pipeline.NOTEBOOKS)
+    for stem, figures in metrics.items():
+        assert figures, f"{stem} recorded no figures"
+        for key, value in figures.items():
+            assert isinstance(value, (int, float, str, bool)), f"{stem}.{key} = {value!r}"
+            if isinstance(value, float):
+                assert math.isfinite(value), f"{stem}.{key} = {value}"
+    pages = {stem: (out / f"{stem}.html").read_text() for stem in pipeline.NOTEBOOKS}
+    for stem, page in pages.items():
+        assert FIGURE.search(page), f"{stem}.html has no figure"
+    for stem in ("01_data_prep", "04_listening_tests"):
+        assert re.search(r"<audio[^>]*>", pages[stem]), f"{stem}.html has no audio player"
+        assert "data:audio/wav;base64" in pages[stem]
+    assert (out / "index.html").is_file()
+    assert os.path.getsize(out / "index.html") < 200_000

@@ -1,0 +1,445 @@
+"""The study pipeline: run notebooks 01-04 with papermill, publish a report in results/<run>/.
+
+`python -m umt_core study --preset cpu` executes each notebook in order (cwd = project
+root, kernel `umt-study`) with the preset's parameters, then writes into results/<run>/:
+
+    <stem>.ipynb      the executed notebook (also when it failed: the partial output)
+    <stem>.html       the same, self-contained: figures and audio players embedded
+    <stem>.json       written by the notebook itself: its key figures
+    metrics.json      {stem: key figures} gathered from every notebook that ran
+    provenance.json   git commit, preset, manifest lock hash, versions, device, wall times
+    index.html        summary table, links to each notebook, provenance
+
+Data and checkpoints live outside results/ (data/<dataset>/, runs/<run>/), under names
+that do not change between runs, so a re-run reuses whatever is still valid: prep is a
+no-op when its lock matches and training resumes from last.pt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .paths import project_root
+from .report import (
+    NotebookRun,
+    StudyReport,
+    experiment_html,
+    gather_metrics,
+    index_html,
+    lock_info,
+    render_html,
+    start_context,
+)
+
+NOTEBOOKS = ("01_data_prep", "02_train", "03_loss_analysis", "04_listening_tests")
+KERNEL = "umt-study"
+DEFAULT_MANIFEST = "data_manifests/scores.yaml"
+# The notebook parameter holding dotted config overrides, e.g. {"train.lr": 1e-4}.
+CONFIG_OVERRIDES = "overrides"
+
+# Every preset's notebook parameters, in one place. Besides these, each notebook gets the
+# common ones (see `common_parameters`). A notebook receives only the parameters its
+# `parameters` cell declares, so a key a notebook does not have is simply not sent to it.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # Seconds per notebook: the pipeline test.
+    "smoke": {
+        "01_data_prep": {"minutes_per_domain": 0.1},
+        "02_train": {"steps": 20},
+        "03_loss_analysis": {},
+        "04_listening_tests": {"seconds": 0.5, "clips": 1, "trials": 2},
+    },
+    # The default: the whole `make study` in about 20 minutes on 2 CPU cores.
+    "cpu": {
+        "01_data_prep": {},
+        "02_train": {},
+        "03_loss_analysis": {},
+        "04_listening_tests": {"seconds": 2.0, "clips": 2, "trials": 8},
+    },
+    # The paper's model on GPUs (notebook 02 launches torchrun when several are visible).
+    "paper": {
+        "01_data_prep": {},
+        "02_train": {},
+        "03_loss_analysis": {},
+        "04_listening_tests": {"seconds": 4.0, "clips": 4, "trials": 16},
+    },
+}
+
+
+class StudyFailed(RuntimeError):
+    """A notebook failed. `details` shows the failing cell and its error; what was
+    produced before (and the failed notebook's partial output) is kept."""
+
+    def __init__(self, stem: str, details: str, report: StudyReport):
+        super().__init__(f"notebook {stem} failed")
+        self.stem = stem
+        self.details = details
+        self.report = report
+
+
+# ---------------------------------------------------------------------------- parameters
+
+
+def common_parameters(preset: str, run: str, manifest: str) -> dict[str, Any]:
+    """What every notebook gets when it declares it: paths relative to the project root."""
+    return {
+        "preset": preset,
+        "manifest": manifest,
+        "run_name": run,
+        "run_dir": f"runs/{run}",
+        "results_dir": f"results/{run}",
+    }
+
+
+def parse_values(items: list[str] | None) -> dict[str, Any]:
+    """`key=value` strings from the command line; values read as YAML scalars
+    (so `steps=20` is an int, `seconds=0.5` a float, `x=null` None)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"parameter {item!r} must look like key=value")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return out
+
+
+def declared_parameters(path: Path) -> dict[str, dict[str, Any]]:
+    """The parameters a notebook declares (name -> papermill's description), after
+    checking it has exactly one `parameters` cell and a `results_dir`."""
+    import nbformat
+    import papermill
+
+    nb = nbformat.read(path, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(tagged) != 1:
+        raise ValueError(f"{path}: needs exactly one cell tagged 'parameters', found {len(tagged)}")
+    declared = papermill.inspect_notebook(str(path))
+    if "results_dir" not in declared:
+        raise ValueError(f"{path}: its parameters cell must define results_dir")
+    return declared
+
+
+def plan_study(
+    preset: str,
+    run: str,
+    manifest: str,
+    overrides: dict[str, Any] | None = None,
+    *,
+    notebooks_dir: Path,
+    stems: tuple[str, ...] = NOTEBOOKS,
+) -> list[NotebookRun]:
+    """Each notebook's parameters: the common ones, the preset's, then the overrides,
+    each kept only where the notebook declares it. Dotted keys (`train.lr=1e-4`) are
+    config overrides: they go into the `overrides` dict of the notebooks that declare
+    one. An override no notebook takes is an error (a typo must not pass silently)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    overrides = dict(overrides or {})
+    config = {k: v for k, v in overrides.items() if "." in k}
+    plain = {k: v for k, v in overrides.items() if "." not in k}
+    plan, used = [], set()
+    for stem in stems:
+        path = notebooks_dir / f"{stem}.ipynb"
+        if not path.is_file():
+            raise FileNotFoundError(f"notebook {path} not found")
+        declared = declared_parameters(path)
+        wanted = {**common_parameters(preset, run, manifest), **PRESETS[preset].get(stem, {}),
+                  **plain}
+        params = {k: v for k, v in wanted.items() if k in declared}
+        if config and CONFIG_OVERRIDES in declared:
+            params[CONFIG_OVERRIDES] = {**(params.get(CONFIG_OVERRIDES) or {}), **config}
+            used |= set(config)
+        used |= set(params)
+        plan.append(NotebookRun(stem, params))
+    unknown = sorted(set(overrides) - used)
+    if unknown:
+        raise ValueError(f"no notebook among {list(stems)} takes the parameter(s) {unknown}")
+    return plan
+
+
+# ----------------------------------------------------------------------------- execution
+
+
+def ensure_kernel(name: str = KERNEL) -> None:
+    """Register the study's Jupyter kernel (this Python) if it is missing."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if name in KernelSpecManager().find_kernel_specs():
+        return
+    subprocess.run(
+        [sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", name,
+         "--display-name", "UMT study (umt_core)"],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+
+
+def run_study(
+    preset: str = "cpu",
+    run: str | None = None,
+    manifest: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    root: str | Path | None = None,
+    stems: tuple[str, ...] = NOTEBOOKS,
+    notebooks_dir: str | Path | None = None,
+    progress: bool = False,
+    command: str | None = None,
+    log=print,
+) -> StudyReport:
+    """Execute the notebooks in order into results/<run>/ and write the report.
+
+    Raises `StudyFailed` (after writing everything produced so far, index.html included)
+    when a notebook fails; later notebooks are not run.
+    """
+    root = Path(root or project_root()).resolve()
+    run = run or preset
+    manifest = manifest or DEFAULT_MANIFEST
+    nb_dir = Path(notebooks_dir) if notebooks_dir else root / "notebooks"
+    plan = plan_study(preset, run, manifest, overrides, notebooks_dir=nb_dir, stems=stems)
+    out_dir = root / "results" / run
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.json", "provenance.json", "index.html"):
+        (out_dir / name).unlink(missing_ok=True)
+    report = StudyReport(run, preset, out_dir, plan)
+    started = time.time()
+    # Recorded before anything runs: the commit and tree state the study started from.
+    context = start_context(preset, run, manifest, command, root)
+    ensure_kernel()
+
+    old_root = os.environ.get("UMT_ROOT")
+    os.environ["UMT_ROOT"] = str(root)  # the kernel resolves paths against this root
+    try:
+        for i, nb in enumerate(plan, 1):
+            log(f"[{i}/{len(plan)}] {nb.stem} {_short(nb.parameters)}")
+            failure = _execute(nb, nb_dir, out_dir, root, progress)
+            render_html(out_dir / f"{nb.stem}.ipynb", out_dir / f"{nb.stem}.html")
+            if failure is None and not (out_dir / f"{nb.stem}.json").is_file():
+                nb.status = "failed"
+                failure = (
+                    f"notebook {nb.stem} ran but did not write {out_dir / nb.stem}.json "
+                    "(its last cell must write its key figures there)"
+                )
+            if failure is not None:
+                nb.error = failure
+                _finish(report, root, manifest, started, context)
+                kept = [p for p in (out_dir / f"{nb.stem}.ipynb", out_dir / f"{nb.stem}.html")
+                        if p.exists()]
+                details = failure + "\nKept: " + ", ".join(
+                    str(p.relative_to(root)) for p in [*kept, out_dir / "index.html"])
+                raise StudyFailed(nb.stem, details, report)
+            log(f"      done in {nb.seconds:.1f} s")
+    finally:
+        if old_root is None:
+            os.environ.pop("UMT_ROOT", None)
+        else:
+            os.environ["UMT_ROOT"] = old_root
+    _finish(report, root, manifest, started, context)
+    log(f"Report: {out_dir / 'index.html'}")
+    return report
+
+
+def _execute(nb: NotebookRun, nb_dir: Path, out_dir: Path, root: Path, progress: bool):
+    """Run one notebook; returns None, or a description of the failure."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    out = out_dir / f"{nb.stem}.ipynb"
+    for stale in (out, out_dir / f"{nb.stem}.html", out_dir / f"{nb.stem}.json"):
+        stale.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(nb_dir / f"{nb.stem}.ipynb"), str(out), parameters=nb.parameters,
+            kernel_name=KERNEL, cwd=str(root), progress_bar=progress,
+        )
+    except PapermillExecutionError as e:
+        nb.status, nb.seconds = "failed", time.perf_counter() - t0
+        return describe_failure(nb.stem, e)
+    except Exception as e:  # noqa: BLE001 - the kernel died, a timeout, a bad notebook
+        nb.status, nb.seconds = "failed", time.perf_counter() - t0
+        return f"notebook {nb.stem} failed: {type(e).__name__}: {e}"
+    nb.status, nb.seconds = "ok", time.perf_counter() - t0
+    return None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def describe_failure(stem: str, e) -> str:
+    """The failing cell's source and its error, readable in a terminal log."""
+    source = "\n".join("    " + line for line in (e.source or "").splitlines())
+    tb = _ANSI.sub("", "\n".join(e.traceback or []))
+    return (
+        f"notebook {stem} failed in cell {e.cell_index} (execution count {e.exec_count}):\n"
+        f"{source}\n{e.ename}: {e.evalue}\n{tb}"
+    )
+
+
+def _short(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items() if k not in ("results_dir",))
+
+
+# --------------------------------------------------------------------------- experiments
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Study runs that differ in a few parameters, compared side by side.
+
+    Each variant is a set of overrides (notebook parameters, or dotted config keys) and
+    runs as its own study into results/<experiment>/<variant>/ (training in
+    runs/<experiment>/<variant>/); results/<experiment>/ gets a comparison table."""
+
+    description: str
+    variants: dict[str, dict[str, Any]]
+    notebooks: tuple[str, ...] = NOTEBOOKS
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    "shared-decoder": Experiment(
+        "One decoder per domain (this project) against the reference implementation's "
+        "bug: a single decoder shared by every domain.",
+        variants={
+            "per-domain": {"model.shared_decoder": False},
+            "shared": {"model.shared_decoder": True},
+        },
+    ),
+}
+
+
+def run_experiment(
+    name: str,
+    preset: str = "cpu",
+    manifest: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    root: str | Path | None = None,
+    progress: bool = False,
+    command: str | None = None,
+    log=print,
+) -> dict[str, StudyReport]:
+    """Run every variant of an experiment (a failed variant does not stop the others),
+    then write results/<name>/{metrics.json,index.html}. Raises `StudyFailed` at the end
+    if any variant failed."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS)}")
+    exp = EXPERIMENTS[name]
+    root = Path(root or project_root()).resolve()
+    reports, failures = {}, []
+    for variant, params in exp.variants.items():
+        log(f"== {name}/{variant}")
+        try:
+            reports[variant] = run_study(
+                preset, f"{name}/{variant}", manifest, {**(overrides or {}), **params},
+                root=root, stems=exp.notebooks, progress=progress, command=command, log=log)
+        except StudyFailed as e:
+            reports[variant] = e.report
+            failures.append(e)
+            log(f"error: {e.details}")
+    out = root / "results" / name
+    metrics = {v: r.metrics for v, r in reports.items()}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    page = experiment_html(name, exp.description, exp.variants, reports)
+    (out / "index.html").write_text(page, encoding="utf-8")
+    log(f"Comparison: {out / 'index.html'}")
+    if failures:
+        failed = ", ".join(f"{name}/{f.report.run.split('/')[-1]} ({f.stem})" for f in failures)
+        raise StudyFailed(failures[0].stem, f"variants failed: {failed}", failures[0].report)
+    return reports
+
+
+def _finish(report: StudyReport, root: Path, manifest: str, started: float, context: dict):
+    """Write metrics.json, provenance.json and index.html for what has run so far."""
+    out = report.results_dir
+    report.metrics, problems = gather_metrics(out, [nb.stem for nb in report.notebooks])
+    report.provenance = {
+        **context,
+        "manifest_lock": lock_info(root, manifest),
+        "wall_time_s": {nb.stem: _round(nb.seconds) for nb in report.notebooks},
+        "total_wall_time_s": _round(time.time() - started),
+        "status": "ok" if report.ok else "failed",
+        "problems": problems,
+    }
+    (out / "metrics.json").write_text(json.dumps(report.metrics, indent=2, allow_nan=False) + "\n")
+    (out / "provenance.json").write_text(json.dumps(report.provenance, indent=2) + "\n")
+    (out / "index.html").write_text(index_html(report), encoding="utf-8")
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "study", help="run notebooks 01-04 with papermill and publish results/<run>/",
+        description="Execute the study's notebooks in order with a preset's parameters and "
+        "write executed notebooks, HTML, metrics.json and index.html to results/<run>/.",
+    )
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    p.add_argument("--run", default=None, help="run name (default: the preset's name)")
+    p.add_argument("--manifest", default=None, help=f"dataset manifest (default {DEFAULT_MANIFEST})")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="notebook parameter, sent to every notebook that declares it")
+    p.add_argument("--notebooks", default=None,
+                   help="comma-separated subset to run, by stem or number (e.g. 03,04)")
+    p.add_argument("--experiment", default=None, choices=sorted(EXPERIMENTS),
+                   help="run every variant of a named comparison into results/<experiment>/")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print each notebook's parameters and stop")
+    p.set_defaults(func=_cli_study)
+
+
+def _select(spec: str | None) -> tuple[str, ...]:
+    if not spec:
+        return NOTEBOOKS
+    chosen = []
+    for part in (s.strip() for s in spec.split(",") if s.strip()):
+        match = [s for s in NOTEBOOKS if s == part or s.split("_", 1)[0] == part.zfill(2)]
+        if not match:
+            raise ValueError(f"unknown notebook {part!r}; choose from {list(NOTEBOOKS)}")
+        chosen += match
+    return tuple(s for s in NOTEBOOKS if s in chosen)
+
+
+def _cli_study(args: argparse.Namespace) -> int:
+    overrides = parse_values(args.param)
+    stems = _select(args.notebooks)
+    command = " ".join(["python -m umt_core", *sys.argv[1:]])
+    if args.experiment and (args.run or args.notebooks):
+        raise ValueError("--experiment names its own runs and notebooks; drop --run/--notebooks")
+    if args.dry_run:
+        root = project_root()
+        runs = {args.run or args.preset: overrides}
+        if args.experiment:
+            exp = EXPERIMENTS[args.experiment]
+            stems = exp.notebooks
+            runs = {f"{args.experiment}/{v}": {**overrides, **p} for v, p in exp.variants.items()}
+        for run, params in runs.items():
+            for nb in plan_study(args.preset, run, args.manifest or DEFAULT_MANIFEST, params,
+                                 notebooks_dir=root / "notebooks", stems=stems):
+                print(f"{run} {nb.stem}: {json.dumps(nb.parameters)}")
+        return 0
+    try:
+        if args.experiment:
+            run_experiment(args.experiment, args.preset, args.manifest, overrides,
+                           progress=sys.stderr.isatty(), command=command)
+        else:
+            run_study(args.preset, args.run, args.manifest, overrides, stems=stems,
+                      progress=sys.stderr.isatty(), command=command)
+    except StudyFailed as e:
+        print(f"error: {e.details}", file=sys.stderr)
+        return 1
+    return 0
