@@ -306,13 +306,13 @@ def read_reference_log(path: str | Path, domain_names: Sequence[str] | None = No
             counts["malformed_lines"] += 1
             continue
         n = len(train if train is not None else test or []) - 1
-        if n < 1:
-            counts["malformed_lines"] += 1 if not (train_cut or test_cut) else 0
+        if n < 1:  # nothing usable (a cut line is already counted)
+            counts["malformed_lines"] += not (train_cut or test_cut)
             continue
         counts["epoch_lines"] += 1
         if run is None:
             run = src.new_run("file_start", start_time=t - elapsed)
-        elif run.last_epoch is not None and epoch < run.last_epoch and not run.may_go_back:
+        elif run.last_epoch is not None and epoch < run.last_epoch:
             run = src.new_run("epoch_reset")  # the counter went back without a Namespace line
         if run.last_epoch is None and run.resume_requested and epoch > 0:
             run.resumed = True  # asked to load a checkpoint, and the counter continued
@@ -391,7 +391,6 @@ def read_metrics_jsonl(path: str | Path) -> _Source:
                 run.resumed = True  # `start` then `resume`: one boundary
             else:
                 run = src.new_run("resume", resumed=True, start_time=t)
-                run.last_epoch = None
             continue
         if kind == "divergence":
             src.events.append({"run": len(src.runs) - 1, "event": "rollback", "epoch": epoch,
