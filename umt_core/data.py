@@ -139,12 +139,15 @@ _SCORES_SOURCE = ("type", "corpus", "soundfont", "alt_soundfont", "tempo_qpm", "
 _MUSICNET_SOURCE = ("type", "path", "metadata", "url", "expect_sample_rate", "expect_channels")
 
 
-def load_manifest(path: str | Path, data_root: str | Path | None = None) -> Manifest:
+def load_manifest(path: str | Path, data_root: str | Path | None = None,
+                  sample_rate: int | None = None) -> Manifest:
     """Read and validate a manifest. Errors name the file and the field.
 
     The dataset goes to ``<data_root>/<dataset>``; `data_root` defaults to the
-    ``data/`` folder of the project that holds the manifest.
+    ``data/`` folder of the project that holds the manifest. A `sample_rate` other
+    than the manifest's makes a separate dataset, ``<dataset>-<rate>hz``.
     """
+    rate_override = sample_rate
     path = resolve(path)
     if not path.is_file():
         raise DataError(f"{path}: no such manifest; the ones shipped are in data_manifests/")
@@ -184,6 +187,10 @@ def load_manifest(path: str | Path, data_root: str | Path | None = None) -> Mani
     else:
         _check_musicnet(source, split, w)
     root = Path(data_root) if data_root is not None else project_root(path.parent) / "data"
+    if rate_override is not None and int(rate_override) != sample_rate:
+        if int(rate_override) <= 0:
+            raise DataError(f"sample rate must be positive, got {rate_override}")
+        name, sample_rate = f"{name}-{int(rate_override)}hz", int(rate_override)
     return Manifest(path=path, name=name, sample_rate=sample_rate, domains=names,
                     domain_specs=specs, source=source, split=split, seed=seed,
                     on_error=on_error, data_dir=Path(root) / name,
@@ -708,10 +715,11 @@ def _plan_scores(m: Manifest, params: dict, note_cache, workers: int, progress: 
 
     parsed: dict[str, dict] = {}
     bar = _bar(0, "parse scores", progress)
+    parser = _Parser(cache, workers)
 
     def parse(batch: list[str]) -> list[str]:
         todo = [w for w in batch if w not in parsed]
-        for w, result in _parse_many(todo, cache, workers):
+        for w, result in parser(todo):
             bar.update(1)
             if isinstance(result, Exception):
                 _fail_or_skip(policy, skipped, f"score bach/{w}", f"cannot be parsed ({result})")
@@ -729,10 +737,12 @@ def _plan_scores(m: Manifest, params: dict, note_cache, workers: int, progress: 
     acc = {d: 0.0 for d in m.domains}
     assigned: dict[str, list[str]] = {d: [] for d in m.domains}
     full = lambda d: acc[d] >= need and len(assigned[d]) >= 2
-    chunk = max(4, 4 * workers)
     while pos < len(order) and not all(full(d) for d in m.domains):
         open_domains = [d for d in m.domains if not full(d)]
-        batch = order[pos:pos + max(chunk, len(open_domains))]
+        # Parse about as many works as still needed (guessing 40 s a work), at most 32.
+        guess = sum(max(2 - len(assigned[d]), int(np.ceil((need - acc[d]) / 40.0)))
+                    for d in open_domains)
+        batch = order[pos:pos + int(np.clip(guess, len(open_domains), 32))]
         pos += len(batch)
         for w in parse(batch):
             open_domains = [d for d in m.domains if not full(d)]
@@ -742,6 +752,7 @@ def _plan_scores(m: Manifest, params: dict, note_cache, workers: int, progress: 
             assigned[d].append(w)
             acc[d] += seconds(parsed[w])
     bar.close()
+    parser.close()
     short = [d for d in m.domains if not full(d)]
     if short:
         log(f"{m.name}: the corpus ran out; domains {short} have less than "
@@ -780,15 +791,23 @@ def _plan_scores(m: Manifest, params: dict, note_cache, workers: int, progress: 
     return jobs, {"works": splits_of, "repeats_not_expanded": unexpanded}
 
 
-def _parse_many(works: list[str], cache: Path, workers: int):
-    missing = [w for w in works if not (cache / f"{w}.json").exists()]
-    if workers == 1 or len(missing) < 4:
-        for w in works:
-            yield w, _parse_safe(w, str(cache))
-        return
-    ctx = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        yield from zip(works, pool.map(_parse_safe, works, [str(cache)] * len(works)))
+class _Parser:
+    """Parses scores into the note cache, in a process pool kept for the whole plan."""
+
+    def __init__(self, cache: Path, workers: int):
+        self.cache, self.workers, self.pool = cache, workers, None
+
+    def __call__(self, works: list[str]):
+        missing = [w for w in works if not (self.cache / f"{w}.json").exists()]
+        if self.workers == 1 or len(missing) < 4:
+            return [(w, _parse_safe(w, str(self.cache))) for w in works]
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"))
+        return list(zip(works, self.pool.map(_parse_safe, works, [str(self.cache)] * len(works))))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
 def _parse_safe(work: str, cache: str):
@@ -913,8 +932,9 @@ def _musicnet_metadata(m: Manifest, src: Path, is_tar: bool) -> tuple[list[dict]
 
 
 def _convert_source(job: Job, sample_rate: int, data: bytes | None) -> np.ndarray:
-    """A MusicNet recording as float32 mono at `sample_rate`."""
-    from .audio import resample
+    """A MusicNet recording as float32 mono at `sample_rate` (librosa's soxr_hq: this
+    runs in forked workers, where torch's thread pool must not be touched)."""
+    import librosa
 
     label = job.inputs.get("path") or f"{job.inputs.get('tar')}:{job.inputs.get('member')}"
     try:
@@ -930,7 +950,10 @@ def _convert_source(job: Job, sample_rate: int, data: bytes | None) -> np.ndarra
     if want_ch and audio.shape[1] != want_ch:
         raise DataError(f"{label}: {audio.shape[1]} channels, expected {want_ch} (MusicNet audio)")
     mono = _check_audio(audio.mean(axis=1), label)
-    return resample(mono, sr, sample_rate).astype(np.float32)
+    if sr == sample_rate:
+        return mono
+    return librosa.resample(mono, orig_sr=sr, target_sr=sample_rate,
+                            res_type="soxr_hq").astype(np.float32)
 
 
 def _run_tar_jobs(m: Manifest, jobs: list[Job]):
@@ -1006,27 +1029,37 @@ def verify(manifest: Manifest | str | Path) -> list[str]:
 
 # ----------------------------------------------------------------------------- loader speed
 
-def bench_loader(manifest: Manifest | str | Path, segment_samples: int = 12000, batch: int = 32,
-                 batches: int = 12, num_workers: Sequence[int] = (0, 2),
+def bench_loader(manifest: Manifest | str | Path | None = None, segment_samples: int = 12000,
+                 batch: int = 32, batches: int = 8, num_workers: Sequence[int] = (0, 2),
                  method: str = "librosa", seed: int = 0) -> dict[str, float]:
-    """Segments/s of the training loader (with and without augmentation) on the
-    prepared train split, against one paper step's need of ``batch x domains``."""
+    """Segments/s of the training loader, with and without augmentation, against a
+    paper step's need of ``batch x domains`` segments.
+
+    Reads the prepared train split of `manifest`; without one, four domains of
+    noise (the speed does not depend on the content). Figures, not a test.
+    """
     import torch
 
     from .sampling import SegmentSampler, prefetch
 
-    m = _as_manifest(manifest)
-    domains = training_data(m, "train")
-    aug = PitchShiftAugmenter(m.sample_rate, 0.5, method=method)
-    out = {"segment_samples": segment_samples, "batch_per_domain": batch,
-           "domains": len(domains), "segments_per_step": batch * len(domains)}
-    warm = SegmentSampler(domains, segment_samples, seed, augment=aug)
-    warm.batch(0, range(2), 0)  # first librosa call compiles its kernels
+    if manifest is None:
+        rng = np.random.default_rng(seed)
+        sample_rate = 16000
+        domains = [DomainAudio(f"noise{k}", [(0.1 * rng.standard_normal(60 * sample_rate))
+                                             .astype(np.float32)], [f"noise{k}"]) for k in range(4)]
+    else:
+        m = _as_manifest(manifest)
+        sample_rate, domains = m.sample_rate, training_data(m, "train")
+    aug = PitchShiftAugmenter(sample_rate, 0.5, method=method)
+    out: dict[str, Any] = {"segment_samples": segment_samples, "batch_per_domain": batch,
+                           "domains": len(domains), "segments_per_step": batch * len(domains),
+                           "method": method}
+    torch.set_num_threads(1)
+    SegmentSampler(domains, segment_samples, seed, augment=aug).batch(0, range(2), 0)  # warm-up
     for label, augment in (("plain", None), ("augmented", aug)):
         sampler = SegmentSampler(domains, segment_samples, seed, augment=augment)
         for w in num_workers if augment is not None else (0,):
             requests = [(k % len(domains), range(batch), k, 0) for k in range(batches)]
-            torch.set_num_threads(1)
             t = time.perf_counter()
             n = sum(len(c) for c, _ in prefetch(sampler, requests, num_workers=w))
             out[f"{label}_segments_per_s_workers{w}"] = round(n / (time.perf_counter() - t), 1)
@@ -1057,7 +1090,11 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 def _cli(args: argparse.Namespace) -> int:
     m = load_manifest(args.manifest)
     if args.bench_loader:
-        res = bench_loader(m, args.segment, args.batch)
+        prepared = m.lock_path.exists()
+        if not prepared:
+            print(f"{m.name} is not prepared: measuring on noise")
+        res = bench_loader(m if prepared else None, args.segment, args.batch,
+                           num_workers=(0, args.workers or 2))
         for k, v in res.items():
             print(f"{k:>36}: {v}")
         return 0
