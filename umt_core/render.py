@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-RENDERER_VERSION = 1  # bump when the rendered audio of a given spec changes
+RENDERER_VERSION = 2  # bump when the rendered audio of a given spec changes
 
 # General MIDI programs (0-based) of instruments a manifest may name.
 GM_PROGRAMS = {
@@ -167,30 +167,47 @@ def arrange(notes: dict[str, Any], low: int, high: int, tempo_qpm: float,
 
 
 class _Renderer:
-    """One FluidSynth instance with one soundfont, reused for many renders."""
+    """FluidSynth driven offline, one fresh synthesizer per render.
+
+    A reused synthesizer is not deterministic: a voice's first block depends on what
+    that voice played before. A fresh one costs little with dynamic sample loading
+    (only the selected instrument's samples are read).
+    """
 
     def __init__(self, soundfont: str, sample_rate: int, gain: float):
         import fluidsynth
 
+        self._fluidsynth = fluidsynth
         self._lib = fluidsynth._fl
         self._lib.fluid_synth_write_float.argtypes = [
             ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
             ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
-        self.synth = fluidsynth.Synth(
-            gain=gain, samplerate=float(sample_rate),
+        self.soundfont, self.sample_rate, self.gain = soundfont, sample_rate, gain
+
+    def _synth(self):
+        syn = self._fluidsynth.Synth(
+            gain=self.gain, samplerate=float(self.sample_rate),
             **{"synth.reverb.active": 0, "synth.chorus.active": 0, "synth.cpu-cores": 1,
-               "synth.polyphony": 256, "synth.verbose": 0})
-        self.sfid = self.synth.sfload(str(soundfont))
-        if self.sfid < 0:
-            raise ValueError(f"{soundfont}: FluidSynth cannot load this soundfont")
-        self.sample_rate = sample_rate
+               "synth.polyphony": 256, "synth.verbose": 0, "synth.dynamic-sample-loading": 1})
+        sfid = syn.sfload(str(self.soundfont))
+        if sfid < 0:
+            syn.delete()
+            raise ValueError(f"{self.soundfont}: FluidSynth cannot load this soundfont")
+        return syn, sfid
 
     def render(self, events: np.ndarray, program: int, velocity: int, tail_seconds: float) -> np.ndarray:
-        syn = self.synth
-        syn.system_reset()
+        syn, sfid = self._synth()
+        try:
+            return self._render(syn, sfid, events, program, velocity, tail_seconds)
+        finally:
+            syn.delete()
+
+    def _render(self, syn, sfid: int, events: np.ndarray, program: int, velocity: int,
+                tail_seconds: float) -> np.ndarray:
+        self.synth = syn
         for ch in range(16):
             if ch != 9:
-                syn.program_select(ch, self.sfid, 0, program)
+                syn.program_select(ch, sfid, 0, program)
         sr = self.sample_rate
         # (sample, 0 = off before 1 = on at the same sample, channel, pitch)
         ev = []
@@ -212,8 +229,6 @@ class _Renderer:
             else:
                 syn.noteoff(ch, pitch)
         self._write(buf, pos, total - pos)
-        for ch in range(16):
-            syn.all_notes_off(ch)
         return buf.mean(axis=1)  # stereo -> mono
 
     def _write(self, buf: np.ndarray, pos: int, n: int) -> int:
