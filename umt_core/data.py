@@ -186,7 +186,7 @@ def load_manifest(path: str | Path, data_root: str | Path | None = None,
         _check_scores(source, split, w)
     else:
         _check_musicnet(source, split, w)
-    root = Path(data_root) if data_root is not None else project_root(path.parent) / "data"
+    root = Path(data_root) if data_root is not None else _default_data_root(path)
     if rate_override is not None and int(rate_override) != sample_rate:
         if int(rate_override) <= 0:
             raise DataError(f"sample rate must be positive, got {rate_override}")
@@ -195,6 +195,16 @@ def load_manifest(path: str | Path, data_root: str | Path | None = None,
                     domain_specs=specs, source=source, split=split, seed=seed,
                     on_error=on_error, data_dir=Path(root) / name,
                     description=str(raw.get("description") or ""), raw=raw)
+
+
+def _default_data_root(manifest_path: Path) -> Path:
+    """``data/`` of the project holding the manifest; outside a project, beside the
+    manifest's folder (or beside ``data_manifests/``)."""
+    root = project_root(manifest_path.parent)
+    if not (root / "pyproject.toml").is_file():
+        folder = manifest_path.parent
+        root = folder.parent if folder.name == "data_manifests" else folder
+    return root / "data"
 
 
 def _domain_spec(d: dict, kind: str, where: str) -> dict[str, Any]:
