@@ -22,3 +22,14 @@ def smoke_config():
     cfg = preset("smoke")
     cfg.domains = ["piano", "cello", "flute"]
     return cfg
+
+
+def scratch_root(tmp_path: Path) -> Path:
+    """A project root whose data/, runs/ and results/ are the test's own; everything
+    else links to the repository. Point UMT_ROOT at it to run notebooks in it."""
+    root = tmp_path / "project"
+    root.mkdir()
+    for entry in REPO.iterdir():
+        if entry.name not in {"data", "runs", "results", ".git", ".venv", ".pytest_cache"}:
+            (root / entry.name).symlink_to(entry)
+    return root

@@ -1,0 +1,937 @@
+"""The training loop: every decoder trained, exact resume, a divergence guard.
+
+One optimizer step (the reference's two updates, per domain ``d`` of the step):
+
+1. domain classifier: ``λ · CE(classifier(encoder(clean)), d)`` with the encoder
+   output detached (the reference back-propagates into the encoder here and then
+   throws those gradients away; skipping that is the same update, cheaper);
+2. encoder + decoders: ``CE(decoder_d(clean, encoder(augmented)), clean)
+   − λ · CE(classifier(encoder(augmented)), d)``.
+
+Both use Adam, gradient value clipping and a per-epoch exponential learning-rate
+decay. Schedule ``all_domains`` (default) sums the losses of one batch from every
+domain per step, so the encoder and every decoder see every domain at every step;
+``round_robin`` takes one domain per step (``step % K``), as the reference's
+single-machine loop. Gradients are reset with ``set_to_none=True``, so a parameter
+that got no gradient in a step is skipped by Adam entirely: a decoder whose domain
+was not in the step does not move, not even by momentum.
+
+Batches: ``batch_per_domain`` segments per domain and step, whatever the number of
+processes. Segment ``i`` of a step comes from its own random stream (see
+`umt_core.sampling`), rank ``r`` of ``W`` takes a contiguous slice of the indices and
+cuts it into micro-batches of ``micro_batch``; every loss is a sum divided by the
+*global* count, and gradients are summed across processes, so one process with the
+whole batch and W processes with slices compute the same step (float tolerance).
+
+Distributed (``torchrun``): Gloo on CPU, NCCL on CUDA, one explicit all-reduce of the
+gradients (and step statistics) per update instead of DDP. DDP averages over ranks,
+which is only the global mean when every rank holds the same number of samples,
+cannot express the two separate backward passes per step without extra
+``no_sync``/``find_unused_parameters`` machinery, and would give unused decoders zero
+gradients (so Adam would move them) unless told otherwise. The explicit reduction
+covers exactly the parameters the step's schedule uses, in one bucket.
+
+Run directory: ``config.yaml``, ``checkpoints/{last,best}.pt`` (atomic writes),
+``metrics.jsonl`` (one JSON object per line, flushed per line) and ``train.log``.
+Only rank 0 writes. Re-running in an existing run directory resumes from
+``last.pt`` exactly: same parameters, optimizer moments, learning rates, data
+and metrics as an uninterrupted run (events logged after the checkpoint by a run
+that was killed are dropped from ``metrics.jsonl`` first, since they are redone).
+
+Divergence guard: a step whose loss (or gradient) is not finite, or whose mean
+reconstruction loss exceeds ``spike_factor`` times the running median of the last
+``spike_window`` accepted steps, is skipped (no parameter moves) and logged as a
+``skip`` event. ``max_bad_steps`` skips in a row, a non-finite validation loss, or a
+validation loss back within ``uniform_margin`` of ln 256 (the loss of a uniform
+output, i.e. noise) after the model had learned, roll the model and optimizers back
+to ``best.pt`` (or ``last.pt`` before the first validation), multiply the learning
+rates by ``rollback_lr_factor`` and log a ``divergence`` event. Non-finite weights
+are never saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from . import forward as fw
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Config, apply_overrides, parse_overrides, preset
+from .model import UMTN
+from .paths import resolve
+from .sampling import TRAIN_STREAM, VALIDATION_STREAM, DomainAudio, SegmentSampler, prefetch
+
+LN_256 = math.log(256.0)
+# The spike test needs some history: the running median of fewer steps is noise.
+MIN_SPIKE_HISTORY = 5
+# "Had learned": best validation loss this far below ln 256 before a return to it
+# counts as divergence (an untrained model sits at ln 256 from the start).
+LEARNED_MARGIN = 0.5
+# Config fields that may differ when resuming: they change neither the
+# numbers an uninterrupted run computes nor how results compare.
+RESUMABLE_CHANGES = {"train.epochs", "train.num_workers", "train.checkpoint_every",
+                     "train.micro_batch"}
+
+EventCallback = Callable[[dict[str, Any]], None]
+
+
+# --------------------------------------------------------------------------- helpers
+def build_model(cfg: Config) -> UMTN:
+    """The freshly initialised model of a run: seeded by ``cfg.train.seed``."""
+    torch.manual_seed(cfg.train.seed)
+    return UMTN(cfg)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(stored: Config, requested: Config) -> dict[str, tuple[Any, Any]]:
+    """Dotted field -> (stored, requested) for every field that differs."""
+    a, b = _flat(stored.to_dict()), _flat(requested.to_dict())
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf are not JSON: they are written as null."""
+    if isinstance(obj, float):
+        return _finite_or_none(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The events of a metrics.jsonl (a torn last line, from a killed writer, is ignored)."""
+    events = []
+    path = Path(path)
+    if not path.exists():
+        return events
+    for line in path.read_text().splitlines():
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            events.append(obj)
+    return events
+
+
+def _split(n: int, parts: int, index: int) -> range:
+    """Contiguous share `index` of range(n) cut into `parts` nearly equal pieces."""
+    base, extra = divmod(n, parts)
+    start = index * base + min(index, extra)
+    return range(start, start + base + (1 if index < extra else 0))
+
+
+def _chunks(r: range, size: int) -> list[range]:
+    if len(r) == 0:
+        return []
+    if size <= 0:
+        return [r]
+    return [r[i:i + size] for i in range(0, len(r), size)]
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                  int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": _to_lists(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _to_lists(x: Any) -> Any:
+    return [_to_lists(v) for v in x] if isinstance(x, tuple) else x
+
+
+def _to_tuples(x: Any) -> Any:
+    return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(_to_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Make `dst` an atomic copy of the finished file `src` (a hard link when possible)."""
+    tmp = dst.with_name(f".{dst.name}.link.tmp")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+# --------------------------------------------------------------------------- distributed
+class _Dist:
+    """The process group of a torchrun launch (or a single process)."""
+
+    def __init__(self) -> None:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        use_cuda = torch.cuda.is_available() and os.environ.get("UMT_DEVICE", "") != "cpu"
+        self.owns_group = False
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if use_cuda else "gloo")
+            self.owns_group = True
+        self.enabled = dist.is_initialized() and dist.get_world_size() > 1
+        self.rank = dist.get_rank() if self.enabled else 0
+        self.world = dist.get_world_size() if self.enabled else 1
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if use_cuda:
+            torch.cuda.set_device(local)
+            self.device = torch.device("cuda", local)
+        else:
+            self.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def all_reduce(self, tensors: list[torch.Tensor]) -> None:
+        """Sum every tensor across processes, in place, as one flat buffer."""
+        if not self.enabled or not tensors:
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat)
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+    def broadcast_module(self, module: torch.nn.Module) -> None:
+        if self.enabled:
+            for t in module.state_dict().values():
+                dist.broadcast(t, 0)
+
+    def close(self) -> None:
+        if self.owns_group:
+            dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- run files
+class _RunFiles:
+    """metrics.jsonl, train.log and checkpoints of one run; silent on ranks > 0."""
+
+    def __init__(self, run_dir: Path, active: bool, progress: bool,
+                 on_event: EventCallback | None):
+        self.run_dir = run_dir
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.last = self.ckpt_dir / "last.pt"
+        self.best = self.ckpt_dir / "best.pt"
+        self.active = active
+        self.on_event = on_event
+        self.log = logging.getLogger(f"umt_core.train.{id(self)}")
+        self.log.setLevel(logging.INFO)
+        self.log.propagate = False
+        self.progress = progress
+        self._metrics = None
+        self.log.addHandler(logging.NullHandler())
+
+    def open(self) -> None:
+        """Start appending to metrics.jsonl and train.log."""
+        if not self.active:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(self.run_dir / "train.log")
+        fh.setFormatter(logging.Formatter("%(levelname)s - %(asctime)s - %(message)s"))
+        self.log.addHandler(fh)
+        if self.progress:
+            self.log.addHandler(_TqdmHandler())
+        self._metrics = self.metrics_path.open("a")
+
+    def truncate_metrics(self, step: int) -> None:
+        """Keep only events up to `step` (what a killed run logged after its checkpoint is
+        redone by the resumed run); rewritten atomically."""
+        if not self.active or not self.metrics_path.exists():
+            return
+        kept = [e for e in read_metrics(self.metrics_path) if int(e.get("step", 0)) <= step]
+        tmp = self.metrics_path.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(json.dumps(e) + "\n" for e in kept))
+        os.replace(tmp, self.metrics_path)
+
+    def event(self, kind: str, step: int, epoch: int, **fields: Any) -> None:
+        if not self.active:
+            return
+        obj = _json_safe({"event": kind, "time": time.time(), "step": step, "epoch": epoch,
+                          **fields})
+        if self._metrics is not None:
+            self._metrics.write(json.dumps(obj, allow_nan=False) + "\n")
+            self._metrics.flush()
+        if self.on_event is not None:
+            self.on_event(obj)
+
+    def close(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+        for h in list(self.log.handlers):
+            h.close()
+            self.log.removeHandler(h)
+
+
+class _TqdmHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(self.format(record))
+
+
+def _wipe_run(run_dir: Path) -> None:
+    """--fresh: remove what a previous run in `run_dir` wrote (and only that)."""
+    for name in ("metrics.jsonl", "train.log", "config.yaml"):
+        (run_dir / name).unlink(missing_ok=True)
+    ckpt = run_dir / "checkpoints"
+    if ckpt.is_dir():
+        for f in ckpt.glob("*.pt"):
+            f.unlink()
+
+
+# --------------------------------------------------------------------------- the trainer
+class Trainer:
+    """State of one training run; `train` is the entry point."""
+
+    def __init__(self, cfg: Config, run_dir: Path, train_data: Sequence[DomainAudio],
+                 val_data: Sequence[DomainAudio], augment, ctx: _Dist, files: _RunFiles):
+        self.cfg = cfg
+        self.tc = cfg.train
+        self.run_dir = run_dir
+        self.ctx = ctx
+        self.files = files
+        self.device = ctx.device
+        self.domains = list(cfg.domains)
+        self.k = len(self.domains)
+        self.model = build_model(cfg).to(self.device)
+        self.model.train()
+        m = self.model
+        self.model_params = list(m.encoder.parameters()) + list(m.decoders.parameters())
+        self.opt_model = torch.optim.Adam(self.model_params, lr=self.tc.lr)
+        self.opt_clf = torch.optim.Adam(m.domain_classifier.parameters(), lr=self.tc.lr)
+        self.sched_model = torch.optim.lr_scheduler.ExponentialLR(self.opt_model, self.tc.lr_decay)
+        self.sched_clf = torch.optim.lr_scheduler.ExponentialLR(self.opt_clf, self.tc.lr_decay)
+        self.sampler = SegmentSampler(train_data, self.tc.segment_samples, self.tc.seed,
+                                      cfg.mu_law, augment)
+        self.val_sampler = SegmentSampler(val_data, self.tc.segment_samples, self.tc.seed,
+                                          cfg.mu_law, None)
+        self.use_bf16 = self.device.type == "cuda" and self.tc.bf16
+        self.step = 0
+        self.best_val = math.inf
+        self.window: deque[float] = deque(maxlen=self.tc.spike_window)
+        self.bad_steps = 0
+        self.epoch_sums = self._empty_sums()
+        self.n_skipped = 0
+        self.n_rollbacks = 0
+        self.saved_step = -1
+        self.last_step_loss = math.nan
+        self.last_speed = 0.0
+        self.local = _split(self.tc.batch_per_domain, ctx.world, ctx.rank)
+
+    # -- bookkeeping
+    def _empty_sums(self) -> dict[str, list[float]]:
+        return {"recon": [0.0] * self.k, "count": [0.0] * self.k}
+
+    @property
+    def epoch(self) -> int:
+        """Index of the epoch the next step belongs to (= completed epochs)."""
+        return self.step // self.tc.steps_per_epoch
+
+    def _autocast(self):
+        if self.use_bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def lr(self) -> float:
+        return float(self.opt_model.param_groups[0]["lr"])
+
+    def step_domains(self, step: int) -> list[int]:
+        if self.tc.schedule == "round_robin":
+            return [step % self.k]
+        return list(range(self.k))
+
+    def _decoder_params(self, domains: list[int]) -> list[torch.nn.Parameter]:
+        used = sorted({0 if self.cfg.model.shared_decoder else d for d in domains})
+        return [p for i in used for p in self.model.decoders[i].parameters()]
+
+    def requests(self, start: int, stop: int) -> list[tuple[int, range, int, int]]:
+        """(domain, indices, step, stream) of every micro-batch of steps start..stop-1."""
+        out = []
+        for s in range(start, stop):
+            for d in self.step_domains(s):
+                for idx in _chunks(self.local, self.tc.micro_batch):
+                    out.append((d, idx, s, TRAIN_STREAM))
+        return out
+
+    # -- checkpoints
+    def state(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "domains": list(self.domains),
+            "model": self.model.state_dict(),
+            "optimizers": {"model": self.opt_model.state_dict(),
+                           "classifier": self.opt_clf.state_dict()},
+            "schedulers": {"model": self.sched_model.state_dict(),
+                           "classifier": self.sched_clf.state_dict()},
+            "epoch": self.epoch,
+            "step": self.step,
+            "rng": _rng_state(),
+            "sampler": {"seed": self.sampler.seed, "step": self.step},
+            "guard": {"window": list(self.window), "bad_steps": self.bad_steps},
+            "epoch_sums": {k: list(v) for k, v in self.epoch_sums.items()},
+            "best_val": self.best_val,
+            "world_size": self.ctx.world,
+        }
+
+    def load_state(self, state: dict[str, Any], training_state: bool = True) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt_model.load_state_dict(state["optimizers"]["model"])
+        self.opt_clf.load_state_dict(state["optimizers"]["classifier"])
+        if not training_state:
+            return
+        self.sched_model.load_state_dict(state["schedulers"]["model"])
+        self.sched_clf.load_state_dict(state["schedulers"]["classifier"])
+        self.step = int(state["step"])
+        self.best_val = float(state["best_val"])
+        self.window = deque(state["guard"]["window"], maxlen=self.tc.spike_window)
+        self.bad_steps = int(state["guard"]["bad_steps"])
+        self.epoch_sums = {k: list(v) for k, v in state["epoch_sums"].items()}
+        _set_rng_state(state["rng"])
+
+    def save(self, best: bool = False) -> None:
+        """last.pt (and best.pt / step_<n>.pt as hard links of the same file), rank 0."""
+        self.saved_step = self.step
+        if not self.ctx.main:
+            return
+        save_checkpoint(self.state(), self.files.last)
+        if best:
+            _link_or_copy(self.files.last, self.files.best)
+        every = self.tc.checkpoint_every
+        if every and self.step % every == 0:
+            _link_or_copy(self.files.last, self.files.ckpt_dir / f"step_{self.step}.pt")
+
+    # -- one step
+    def _codes_ok(self, codes: torch.Tensor) -> bool:
+        return bool(codes.numel() == 0 or (codes.min() >= 0 and codes.max() <= 255))
+
+    def train_step(self, batches: list[tuple[int, torch.Tensor, torch.Tensor]]) -> None:
+        """One optimizer step on this rank's micro-batches [(domain, clean, augmented)]."""
+        t0 = time.perf_counter()
+        tc, m = self.tc, self.model
+        domains = self.step_domains(self.step)
+        n_global = tc.batch_per_domain
+        seg = tc.segment_samples
+        lam = tc.confusion_weight
+        k = self.k
+        # stats: classifier CE sum, correct, count, bad input, recon sum per domain, adv CE sum
+        stats = torch.zeros(4 + k + 1, dtype=torch.float64, device=self.device)
+        batches = [(d, c.to(self.device, non_blocking=True), a.to(self.device, non_blocking=True))
+                   for d, c, a in batches]
+        if not all(self._codes_ok(c) and self._codes_ok(a) for _, c, a in batches):
+            stats[3] = 1.0  # a non-finite sample became an invalid code: skip the step
+
+        # 1. domain classifier on the detached latent of the clean input
+        clf_params = list(m.domain_classifier.parameters())
+        self.opt_clf.zero_grad(set_to_none=True)
+        if stats[3] == 0:
+            for d, clean, _ in batches:
+                target = torch.full((clean.shape[0],), d, device=self.device)
+                with self._autocast():
+                    with torch.no_grad():
+                        z = fw.fast_encode(m.encoder, clean)
+                    logits = m.domain_classifier(z).float()
+                ce = F.cross_entropy(logits, target, reduction="sum")
+                (lam * ce / n_global).backward()
+                stats[0] += ce.detach()
+                stats[1] += (logits.argmax(1) == target).sum()
+                stats[2] += clean.shape[0]
+        self._reduce(clf_params, stats)
+        cls_loss = float(stats[0] / max(float(stats[2]), 1.0))
+        cls_acc = float(stats[1] / max(float(stats[2]), 1.0))
+        if stats[3] > 0 or not math.isfinite(cls_loss) or not self._grads_finite(clf_params):
+            self._skip("nonfinite", math.nan)
+            return
+        clf_snapshot = ({k_: v.clone() for k_, v in m.domain_classifier.state_dict().items()},
+                        _clone_state(self.opt_clf.state_dict()))
+        torch.nn.utils.clip_grad_value_(clf_params, tc.grad_clip)
+        self.opt_clf.step()
+
+        # 2. encoder + decoders: reconstruction and confusing the (updated) classifier
+        used = list(m.encoder.parameters()) + self._decoder_params(domains)
+        self.opt_model.zero_grad(set_to_none=True)
+        for p in clf_params:
+            p.requires_grad_(False)
+        try:
+            for d, clean, aug in batches:
+                target = torch.full((clean.shape[0],), d, device=self.device)
+                with self._autocast():
+                    z = fw.fast_encode(m.encoder, aug)
+                    recon = fw.recon_loss_sum(m.decoder(d), clean, z)
+                    adv = F.cross_entropy(m.domain_classifier(z).float(), target, reduction="sum")
+                loss = recon / (n_global * seg) - lam * adv / n_global
+                loss.backward()
+                stats[4 + d] += recon.detach()
+                stats[4 + k] += adv.detach()
+        finally:
+            for p in clf_params:
+                p.requires_grad_(True)
+        self._reduce(used, stats[4:])
+        recon = {self.domains[d]: float(stats[4 + d]) / (n_global * seg) for d in domains}
+        step_loss = sum(recon.values()) / len(recon)
+        grad_norm = _norm([p.grad for p in used if p.grad is not None])
+        reason = None
+        if not (math.isfinite(step_loss) and math.isfinite(float(stats[4 + k]))
+                and math.isfinite(grad_norm)):
+            reason = "nonfinite"
+        elif (len(self.window) >= MIN_SPIKE_HISTORY
+              and step_loss > tc.spike_factor * statistics.median(self.window)):
+            reason = "spike"
+        if reason is not None:
+            m.domain_classifier.load_state_dict(clf_snapshot[0])
+            self.opt_clf.load_state_dict(clf_snapshot[1])
+            self._skip(reason, step_loss)
+            return
+        torch.nn.utils.clip_grad_value_(used, tc.grad_clip)
+        self.opt_model.step()
+        if not math.isfinite(_norm(list(m.parameters()))):
+            # the weights broke despite finite gradients: nothing of this step is kept
+            self._skip("nonfinite", step_loss, rollback="non-finite weights")
+            return
+        self.window.append(step_loss)
+        self.bad_steps = 0
+        for d in domains:
+            self.epoch_sums["recon"][d] += recon[self.domains[d]]
+            self.epoch_sums["count"][d] += 1
+        self.step += 1
+        elapsed = time.perf_counter() - t0
+        self.last_step_loss = step_loss
+        self.last_speed = len(domains) * n_global * seg / max(elapsed, 1e-9)
+        self.files.event("step", self.step, (self.step - 1) // tc.steps_per_epoch, recon=recon,
+                         classifier_loss=cls_loss, classifier_acc=cls_acc, grad_norm=grad_norm,
+                         lr=self.lr(), samples_per_s=self.last_speed)
+
+    def _reduce(self, params: list[torch.nn.Parameter], stats: torch.Tensor) -> None:
+        """Sum gradients of `params` (None counts as zero) and `stats` across processes."""
+        if not self.ctx.enabled:
+            return
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        self.ctx.all_reduce([p.grad for p in params])
+        self.ctx.all_reduce([stats])
+
+    @staticmethod
+    def _grads_finite(params: list[torch.nn.Parameter]) -> bool:
+        return math.isfinite(_norm([p.grad for p in params if p.grad is not None]))
+
+    def _skip(self, reason: str, loss: float, rollback: str | None = None) -> None:
+        median = statistics.median(self.window) if self.window else math.nan
+        self.opt_clf.zero_grad(set_to_none=True)
+        self.opt_model.zero_grad(set_to_none=True)
+        self.step += 1
+        self.n_skipped += 1
+        self.bad_steps += 1
+        self.last_step_loss = loss
+        self.files.event("skip", self.step, (self.step - 1) // self.tc.steps_per_epoch,
+                         reason=reason, loss=loss, median=median)
+        self.files.log.warning(f"step {self.step}: skipped ({reason}, loss {loss:.4g}, "
+                               f"running median {median:.4g})")
+        if rollback is None and self.bad_steps >= self.tc.max_bad_steps:
+            rollback = f"{self.bad_steps} bad steps in a row"
+        if rollback is not None:
+            self.rollback(rollback)
+
+    def rollback(self, reason: str) -> None:
+        """Back to best.pt (last.pt before the first validation) with lower learning rates."""
+        source = self.files.best if self.files.best.exists() else self.files.last
+        self.ctx.barrier()
+        state = load_checkpoint(source, map_location=self.device)
+        lrs = [[g["lr"] for g in o.param_groups] for o in (self.opt_model, self.opt_clf)]
+        self.load_state(state, training_state=False)
+        factor = self.tc.rollback_lr_factor
+        for opt, sched, old in ((self.opt_model, self.sched_model, lrs[0]),
+                                (self.opt_clf, self.sched_clf, lrs[1])):
+            for g, lr in zip(opt.param_groups, old):
+                g["lr"] = lr * factor
+            sched._last_lr = [g["lr"] for g in opt.param_groups]
+        self.bad_steps = 0
+        self.n_rollbacks += 1
+        epoch = (self.step - 1) // self.tc.steps_per_epoch if self.step else 0
+        self.files.event("divergence", self.step, epoch, reason=reason,
+                         rolled_back_to_step=int(state["step"]), lr=self.lr())
+        self.files.log.warning(f"step {self.step}: divergence ({reason}); rolled back to "
+                               f"{source.name} (step {state['step']}), lr now {self.lr():.3g}")
+
+    # -- validation and epochs
+    @torch.no_grad()
+    def validate(self) -> tuple[dict[str, float], float]:
+        """Per-domain reconstruction loss (clean input) and the classifier's accuracy."""
+        m, tc, k = self.model, self.tc, self.k
+        m.eval()
+        stats = torch.zeros(2 * k + 2, dtype=torch.float64, device=self.device)
+        for d in range(k):
+            for b in range(tc.val_batches):
+                for idx in _chunks(self.local, tc.micro_batch):
+                    clean, _ = self.val_sampler.batch(d, idx, b, VALIDATION_STREAM)
+                    clean = clean.to(self.device)
+                    with self._autocast():
+                        z = fw.fast_encode(m.encoder, clean)
+                        stats[d] += fw.recon_loss_sum(m.decoder(d), clean, z)
+                        logits = m.domain_classifier(z)
+                    stats[k + d] += clean.numel()
+                    stats[2 * k] += (logits.argmax(1) == d).sum()
+                    stats[2 * k + 1] += clean.shape[0]
+        self.ctx.all_reduce([stats])
+        m.train()
+        val = {self.domains[d]: float(stats[d] / stats[k + d]) for d in range(k)}
+        return val, float(stats[2 * k] / stats[2 * k + 1])
+
+    def end_epoch(self) -> None:
+        ended = self.step // self.tc.steps_per_epoch - 1
+        sums = self.epoch_sums
+        train_recon = {self.domains[d]: (sums["recon"][d] / sums["count"][d]
+                                         if sums["count"][d] else math.nan)
+                       for d in range(self.k)}
+        val, acc = self.validate()
+        val_loss = sum(val.values()) / len(val)
+        self.files.event("epoch", self.step, ended, train_recon=train_recon, val_recon=val,
+                         val_classifier_acc=acc, lr=self.lr())
+        self.files.log.info(
+            f"Epoch {ended} step {self.step} - train {_fmt(train_recon)} - val {_fmt(val)} "
+            f"acc {acc:.3f} - lr {self.lr():.3g}")
+        self.epoch_sums = self._empty_sums()
+        diverged = None
+        if not math.isfinite(val_loss):
+            diverged = "non-finite validation loss"
+        elif (self.best_val < LN_256 - LEARNED_MARGIN
+              and val_loss > LN_256 - self.tc.uniform_margin):
+            diverged = f"validation loss {val_loss:.3f} is back at ln 256 (uniform output)"
+        if diverged:
+            self.rollback(diverged)
+        self.sched_model.step()
+        self.sched_clf.step()
+        improved = diverged is None and val_loss < self.best_val
+        if improved:
+            self.best_val = val_loss
+        self.save(best=improved)
+
+
+def _norm(tensors: list[torch.Tensor]) -> float:
+    """Total 2-norm (not finite iff some element is not finite, or beyond ~1e19)."""
+    return float(torch.nn.utils.get_total_norm(tensors)) if tensors else 0.0
+
+
+def _fmt(d: dict[str, float]) -> str:
+    return "(" + ", ".join(f"{k} {v:.4f}" for k, v in d.items()) + ")"
+
+
+def _clone_state(obj: Any) -> Any:
+    if torch.is_tensor(obj):
+        return obj.clone()
+    if isinstance(obj, dict):
+        return {k: _clone_state(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clone_state(v) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------- entry point
+def _resolve_data(cfg: Config, manifest, train_data, val_data):
+    augment = None
+    if manifest is not None:
+        from . import data
+
+        m = data.load_manifest(resolve(manifest)) if isinstance(manifest, (str, Path)) \
+            else manifest
+        if train_data is None:
+            train_data = data.training_data(m, "train")
+        if val_data is None:
+            val_data = data.training_data(m, "val")
+        names = list(m.domains)
+        if [d.name for d in train_data] != names:
+            raise ValueError(f"training data domains {[d.name for d in train_data]} differ "
+                             f"from the manifest's {names}")
+        cfg.sample_rate = int(m.sample_rate)
+    if train_data is None:
+        raise ValueError("train needs a manifest or train_data")
+    names = [d.name for d in train_data]
+    if cfg.domains and list(cfg.domains) != names:
+        raise ValueError(f"config domains {cfg.domains} differ from the data's {names}")
+    cfg.domains = names
+    if val_data is None:
+        val_data = train_data  # validated on their own stream of segments
+    if [d.name for d in val_data] != names:
+        raise ValueError(f"validation domains {[d.name for d in val_data]} differ from {names}")
+    if cfg.train.augment and cfg.train.pitch_shift_semitones > 0:
+        from .data import make_augmenter
+
+        augment = make_augmenter(cfg)
+    return list(train_data), list(val_data), augment
+
+
+def _check_config(cfg: Config) -> None:
+    tc = cfg.train
+    if tc.schedule not in ("all_domains", "round_robin"):
+        raise ValueError(f"train.schedule must be all_domains or round_robin, not {tc.schedule!r}")
+    if tc.batch_per_domain < 1 or tc.steps_per_epoch < 1 or tc.segment_samples < cfg.model.pool:
+        raise ValueError("train.batch_per_domain and steps_per_epoch must be >= 1 and "
+                         "segment_samples at least one pool window")
+
+
+def train(cfg: Config, run_dir: str | Path, *, manifest=None,
+          train_data: Sequence[DomainAudio] | None = None,
+          val_data: Sequence[DomainAudio] | None = None, steps: int | None = None,
+          epochs: int | None = None, fresh: bool = False, progress: bool = True,
+          on_event: EventCallback | None = None) -> dict[str, Any]:
+    """Train (or resume) the run in `run_dir` until `steps` steps or `epochs` epochs in
+    total (default ``cfg.train.epochs``); see the module docstring.
+
+    `manifest` (a path or `umt_core.data.Manifest`) provides the data and the domain
+    names; `train_data` / `val_data` (lists of `DomainAudio`) may be given instead.
+    `on_event` is called with every event written to metrics.jsonl (rank 0).
+    Returns a summary: steps, epochs, best_val, last/best checkpoint paths, skipped
+    steps and rollbacks of this call.
+    """
+    if steps is not None and epochs is not None:
+        raise ValueError("give steps or epochs, not both")
+    cfg = apply_overrides(cfg, {})  # a private copy
+    if epochs is not None:
+        cfg.train.epochs = int(epochs)
+    train_data, val_data, augment = _resolve_data(cfg, manifest, train_data, val_data)
+    _check_config(cfg)
+    run_dir = resolve(run_dir)
+    ctx = _Dist()
+    files = _RunFiles(run_dir, ctx.main, progress, on_event)
+    try:
+        return _run(cfg, run_dir, train_data, val_data, augment, ctx, files,
+                    steps, fresh, progress)
+    finally:
+        files.close()
+        ctx.close()
+
+
+def _run(cfg: Config, run_dir: Path, train_data, val_data, augment, ctx: _Dist,
+         files: _RunFiles, steps: int | None, fresh: bool, progress: bool) -> dict[str, Any]:
+    resume = files.last.exists() and not fresh
+    if resume:
+        state = load_checkpoint(files.last, map_location="cpu")
+        stored = Config.from_dict(state["config"])
+        diffs = {k: v for k, v in config_differences(stored, cfg).items()
+                 if k not in RESUMABLE_CHANGES}
+        if diffs:
+            listed = "; ".join(f"{k}: {a!r} in the run, {b!r} requested"
+                               for k, (a, b) in diffs.items())
+            raise ValueError(f"{run_dir} holds a run with another config ({listed}). "
+                             "Resume it with its own config, start over with --fresh, "
+                             "or use another run directory")
+    ctx.barrier()
+    if ctx.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if fresh or not resume:
+            _wipe_run(run_dir)
+        cfg.save_yaml(run_dir / "config.yaml")
+    ctx.barrier()
+
+    trainer = Trainer(cfg, run_dir, train_data, val_data, augment, ctx, files)
+    tc = cfg.train
+    target = int(steps) if steps is not None else tc.epochs * tc.steps_per_epoch
+    if resume:
+        trainer.load_state(state)
+        files.truncate_metrics(trainer.step)
+    ctx.broadcast_module(trainer.model)
+    files.open()
+    files.event("start", trainer.step, trainer.epoch, config=cfg.to_dict(), fresh=not resume,
+                world_size=ctx.world)
+    if resume:
+        files.event("resume", trainer.step, trainer.epoch, **{"from": str(files.last)})
+        files.log.info(f"Resumed from {files.last} at step {trainer.step} "
+                       f"(epoch {trainer.epoch})")
+    else:
+        files.log.info(f"Training {cfg.preset} on {cfg.domains} in {run_dir} "
+                       f"(world size {ctx.world}, device {ctx.device})")
+        trainer.save()  # step 0: something to roll back to before the first validation
+    _loop(trainer, target, progress and ctx.main)
+    if trainer.saved_step != trainer.step:
+        trainer.save()
+    ctx.barrier()
+    return {
+        "run_dir": str(run_dir),
+        "steps": trainer.step,
+        "epochs": trainer.epoch,
+        "best_val": None if math.isinf(trainer.best_val) else trainer.best_val,
+        "last_checkpoint": str(files.last),
+        "best_checkpoint": str(files.best) if files.best.exists() else None,
+        "skipped": trainer.n_skipped,
+        "rollbacks": trainer.n_rollbacks,
+        "domains": list(cfg.domains),
+    }
+
+
+def _loop(trainer: Trainer, target: int, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    tc = trainer.tc
+    bar = tqdm(total=target, initial=min(trainer.step, target), desc="train", unit="step",
+               disable=not progress, dynamic_ncols=True)
+    try:
+        while trainer.step < target:
+            # One pass of the data loader per epoch (or up to the target).
+            stop = min(target, (trainer.epoch + 1) * tc.steps_per_epoch)
+            start = trainer.step
+            batches: Iterator = prefetch(trainer.sampler, trainer.requests(start, stop),
+                                         tc.num_workers)
+            for s in range(start, stop):
+                n = len(trainer.step_domains(s)) * len(_chunks(trainer.local, tc.micro_batch))
+                items = [next(batches) for _ in range(n)]
+                reqs = trainer.requests(s, s + 1)
+                trainer.train_step([(d, c, a) for (d, _, _, _), (c, a) in zip(reqs, items)])
+                bar.update(1)
+                bar.set_postfix(loss=f"{trainer.last_step_loss:.3f}",
+                                samples_s=f"{trainer.last_speed:.0f}")
+                if trainer.step % tc.steps_per_epoch == 0:
+                    trainer.end_epoch()
+                elif tc.checkpoint_every and trainer.step % tc.checkpoint_every == 0:
+                    trainer.save()
+            batches.close()
+    finally:
+        bar.close()
+
+
+# --------------------------------------------------------------------------- launching
+def summarize_run(run_dir: str | Path) -> dict[str, Any]:
+    """The summary `train` returns, read back from a run directory."""
+    run_dir = resolve(run_dir)
+    ckpt = run_dir / "checkpoints"
+    state = load_checkpoint(ckpt / "last.pt")
+    best = float(state.get("best_val", math.inf))
+    events = read_metrics(run_dir / "metrics.jsonl")
+    return {
+        "run_dir": str(run_dir),
+        "steps": int(state["step"]),
+        "epochs": int(state["epoch"]),
+        "best_val": None if math.isinf(best) else best,
+        "last_checkpoint": str(ckpt / "last.pt"),
+        "best_checkpoint": str(ckpt / "best.pt") if (ckpt / "best.pt").exists() else None,
+        "skipped": sum(e.get("event") == "skip" for e in events),
+        "rollbacks": sum(e.get("event") == "divergence" for e in events),
+        "domains": list(state["config"]["domains"]),
+    }
+
+
+def launch_distributed(preset_name: str, manifest: str | Path, run_dir: str | Path, nproc: int,
+                       *, steps: int | None = None, epochs: int | None = None,
+                       overrides: dict[str, Any] | None = None, fresh: bool = False,
+                       on_event: EventCallback | None = None, poll_s: float = 2.0
+                       ) -> dict[str, Any]:
+    """Run ``python -m umt_core train`` in `nproc` processes under torchrun (one per GPU),
+    calling `on_event` with each new metrics.jsonl event while it runs."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "umt_core", "train", "--preset", preset_name,
+           "--manifest", str(manifest), "--run-dir", str(run_dir), "--no-progress"]
+    if steps is not None:
+        cmd += ["--steps", str(steps)]
+    if epochs is not None:
+        cmd += ["--epochs", str(epochs)]
+    if fresh:
+        cmd.append("--fresh")
+    for k, v in (overrides or {}).items():
+        cmd += ["-o", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
+    metrics = resolve(run_dir) / "metrics.jsonl"
+    seen = len(read_metrics(metrics)) if not fresh else 0
+    proc = subprocess.Popen(cmd, cwd=str(resolve(".")))
+
+    def follow() -> None:
+        nonlocal seen
+        events = read_metrics(metrics)
+        if len(events) < seen:  # truncated by a resume or rewritten by --fresh
+            seen = 0
+        for e in events[seen:]:
+            if on_event is not None:
+                on_event(e)
+        seen = len(events)
+
+    while proc.poll() is None:
+        time.sleep(poll_s)
+        follow()
+    follow()
+    if proc.returncode != 0:
+        raise RuntimeError(f"distributed training failed (exit code {proc.returncode}): "
+                           f"{' '.join(cmd)}; see {resolve(run_dir) / 'train.log'}")
+    return summarize_run(run_dir)
+
+
+# --------------------------------------------------------------------------- CLI
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train (or resume) a model; torchrun-compatible")
+    p.add_argument("--preset", default="cpu", help="config preset: smoke, cpu or paper")
+    p.add_argument("--manifest", default="data_manifests/scores.yaml")
+    p.add_argument("--run-dir", required=True, help="e.g. runs/cpu-scores")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--steps", type=int, help="train until this many steps in total")
+    g.add_argument("--epochs", type=int, help="train until this many epochs in total")
+    p.add_argument("--fresh", action="store_true", help="discard the run directory's run")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="config override, e.g. -o train.lr=1e-4 (repeatable)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    cfg = preset(args.preset, parse_overrides(args.override))
+    summary = train(cfg, args.run_dir, manifest=args.manifest, steps=args.steps,
+                    epochs=args.epochs, fresh=args.fresh, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------- benchmark
+def run_benchmark(args: argparse.Namespace) -> int:
+    from .train_bench import run_benchmark as run
+
+    return run(args)
