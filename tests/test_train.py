@@ -183,6 +183,14 @@ def test_micro_batches_equal_the_whole_batch(tmp_path, data):
         assert torch.allclose(a[k], b[k], atol=1e-5), k
 
 
+def test_loader_workers_give_the_same_training(tmp_path, data):
+    inline = train(smoke(), tmp_path / "inline", train_data=data, steps=2, progress=False)
+    workers = train(smoke(**{"train.num_workers": 1}), tmp_path / "workers", train_data=data,
+                    steps=2, progress=False)
+    assert _same(load_checkpoint(inline["last_checkpoint"])["model"],
+                 load_checkpoint(workers["last_checkpoint"])["model"])
+
+
 # --------------------------------------------------------------------------- resume
 SCRIPT = textwrap.dedent("""
     import json, os, sys, time

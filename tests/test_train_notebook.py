@@ -7,6 +7,9 @@ MusicNet-shaped folder of synthetic recordings, prepared by the real `prep`.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -57,18 +60,24 @@ def test_notebook_is_stored_clean_with_one_parameters_cell():
                for c in nb.cells if c.cell_type == "code")
 
 
-def test_notebook_trains_under_papermill(tmp_path, monkeypatch):
-    data = pytest.importorskip("umt_core.data", reason="notebook 02 needs prepared data")
-    papermill = pytest.importorskip("papermill")
-    root = scratch_root(tmp_path)
-    monkeypatch.setenv("UMT_ROOT", str(root))
+@pytest.fixture(scope="module")
+def prepared_root(tmp_path_factory):
+    """A scratch project root holding a prepared tiny dataset (manifest tiny.yaml)."""
+    data = pytest.importorskip("umt_core.data", reason="training on a manifest needs data.py")
+    root = scratch_root(tmp_path_factory.mktemp("prepared"))
     manifest = _tiny_dataset(root)
     data.prep(data.load_manifest(root / manifest), progress=False, log=lambda *a: None)
+    return root
 
+
+def test_notebook_trains_under_papermill(prepared_root, tmp_path, monkeypatch):
+    papermill = pytest.importorskip("papermill")
+    root = prepared_root
+    monkeypatch.setenv("UMT_ROOT", str(root))
     out = tmp_path / "executed.ipynb"
     papermill.execute_notebook(
         str(NOTEBOOK), str(out), kernel_name="umt-study", cwd=str(root), progress_bar=False,
-        parameters={"preset": "smoke", "manifest": manifest, "run_name": "nb", "steps": 12,
+        parameters={"preset": "smoke", "manifest": "tiny.yaml", "run_name": "nb", "steps": 12,
                     "overrides": {"train.steps_per_epoch": 5}, "plot_every_s": 3.0,
                     "results_dir": "results/nb"})
     figures = json.loads((root / "results" / "nb" / "02_train.json").read_text())
@@ -78,3 +87,33 @@ def test_notebook_trains_under_papermill(tmp_path, monkeypatch):
     assert {"final_val_recon_cello", "final_val_recon_piano", "samples_per_s"} <= set(figures)
     assert (root / "results" / "nb" / "figures" / "02_train_loss.png").is_file()
     assert (root / "runs" / "nb" / "checkpoints" / "best.pt").is_file()
+
+
+def test_cli_trains_resumes_and_refuses_another_config(prepared_root):
+    root = prepared_root
+    env = dict(os.environ, UMT_ROOT=str(root), OMP_NUM_THREADS="1")
+    base = [sys.executable, "-m", "umt_core", "train", "--preset", "smoke", "--manifest",
+            "tiny.yaml", "--run-dir", "runs/cli", "--no-progress"]
+
+    def run(*extra):
+        return subprocess.run(base + list(extra), cwd=root, env=env, capture_output=True,
+                              text=True, check=False)
+
+    first = run("--steps", "3")
+    assert first.returncode == 0, first.stderr[-2000:]
+    summary = json.loads(first.stdout)
+    assert summary["steps"] == 3 and summary["domains"] == ["cello", "piano"]
+    assert Path(summary["last_checkpoint"]) == root / "runs" / "cli" / "checkpoints" / "last.pt"
+
+    refused = run("--steps", "4", "-o", "train.lr=0.5")
+    assert refused.returncode == 2
+    assert "train.lr" in refused.stderr and "--fresh" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    resumed = run("--steps", "4")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads(resumed.stdout)["steps"] == 4
+    events = [json.loads(line) for line in
+              (root / "runs" / "cli" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events].count("resume") == 1
+    assert [e["step"] for e in events if e["event"] == "step"] == [1, 2, 3, 4]
