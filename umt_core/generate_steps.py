@@ -1,0 +1,944 @@
+"""Per-sample WaveNet decoder steps for incremental generation.
+
+Every backend advances D decoders x B clips by one audio sample at a time and keeps
+the same state: for each layer a ring buffer of its past inputs (the causal
+convolution's earlier taps) and the last ``kernel`` scaled input samples. They differ
+only in how the step is computed:
+
+- `EagerStep`: the decoder's own modules, layer by layer; the readable reference and
+  the speed baseline.
+- `TorchStep`: the decoders' weights stacked and packed once, the whole step as a few
+  batched matmuls over decoders with preallocated buffers and device-side indices, so
+  that on CUDA it is captured once in a CUDA graph and replayed per sample.
+- `CppStep` (CPU): a small C++ kernel, compiled with the system compiler on first use
+  and cached, that runs a whole chunk of samples per call (register-tiled AVX2/FMA
+  matmuls on panel-packed weights, rows split across threads). Without a compiler
+  `cpp_kernel()` returns None and generation uses `TorchStep`.
+
+Conventions shared with `umt_core.model.WaveNetDecoder`: the input at step t is the
+code emitted at t-1 scaled to ``c / 255 - 0.5`` (0.0 at t = 0, the forward pass's left
+padding); a layer with dilation d reads its own input at t - d (zero before the
+start); the conditioning of frame f covers steps ``f * per_frame`` onwards.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .model import N_CLASSES, WaveNetDecoder
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Shape of a decoder stack and where each layer's ring buffer lives."""
+
+    kernel: int
+    residual: int
+    skip: int
+    dilations: tuple[int, ...]
+
+    @property
+    def layers(self) -> int:
+        return len(self.dilations)
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        """Samples of past input each layer keeps: (kernel - 1) * dilation."""
+        return tuple((self.kernel - 1) * d for d in self.dilations)
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        out, total = [], 0
+        for n in self.lengths:
+            out.append(total)
+            total += n
+        return tuple(out)
+
+    @property
+    def total(self) -> int:
+        return sum(self.lengths)
+
+    @classmethod
+    def of(cls, decoders: list[WaveNetDecoder]) -> Layout:
+        layouts = {
+            cls(
+                kernel=d.first_conv.kernel_size[0],
+                residual=d.first_conv.out_channels,
+                skip=d.skip_conv.out_channels,
+                dilations=tuple(layer.dilation for layer in d.layers),
+            )
+            for d in decoders
+        }
+        if len(layouts) != 1:
+            raise ValueError("decoders generated together must have the same shape")
+        layout = layouts.pop()
+        if layout.kernel < 2:
+            raise ValueError("incremental generation needs a causal kernel of at least 2")
+        return layout
+
+
+class State:
+    """What a decoder stack remembers between samples, for ``rows = D * B`` streams."""
+
+    def __init__(self, layout: Layout, rows: int, device: torch.device | str = "cpu"):
+        self.layout = layout
+        self.rows = rows
+        self.ring = torch.zeros(rows, max(layout.total, 1), layout.residual, device=device)
+        self.inputs = torch.zeros(rows, layout.kernel, device=device)
+        self.t = 0  # samples generated so far
+
+    def clone(self) -> State:
+        other = State.__new__(State)
+        other.layout, other.rows, other.t = self.layout, self.rows, self.t
+        other.ring, other.inputs = self.ring.clone(), self.inputs.clone()
+        return other
+
+
+def scaled(codes: torch.Tensor) -> torch.Tensor:
+    """Codes as decoder input, exactly as `umt_core.model.scale_codes`."""
+    return codes.float() / 255.0 - 0.5
+
+
+def pick_codes(logits: torch.Tensor, uniforms: torch.Tensor | None,
+               inv_temperature: float | torch.Tensor) -> torch.Tensor:
+    """(N, 256) logits -> (N,) codes: arg max without `uniforms`, else the inverse CDF of
+    softmax(logits / T) at the uniforms (one per row). The C++ kernel does the same."""
+    if uniforms is None:
+        return logits.argmax(-1)
+    e = torch.exp((logits - logits.amax(-1, keepdim=True)) * inv_temperature)
+    cdf = torch.cumsum(e, -1)
+    return (cdf < uniforms.unsqueeze(-1) * cdf[:, -1:]).sum(-1).clamp_(max=N_CLASSES - 1)
+
+
+@dataclass
+class Chunk:
+    """Inputs of one chunk of samples, shared by every backend.
+
+    ``cond`` (D, B, F, layers, 2R) and ``head`` (D, B, F, S) are the decoders'
+    `project_latent` outputs for the F frames this chunk touches (no biases added);
+    ``frame_of_step`` (steps,) indexes them. Exactly one of ``uniforms`` (rows, steps),
+    ``forced`` (rows, steps) or neither (greedy) is given.
+    """
+
+    cond: torch.Tensor
+    head: torch.Tensor
+    frame_of_step: torch.Tensor
+    steps: int
+    uniforms: torch.Tensor | None = None
+    forced: torch.Tensor | None = None
+    inv_temperature: float = 1.0
+    want_logits: bool = False
+
+
+# ----------------------------------------------------------------------------- eager
+
+
+class EagerStep:
+    """The plain loop: the decoders' own weights, one layer and one decoder at a time."""
+
+    name = "eager"
+
+    def __init__(self, decoders: list[WaveNetDecoder], state: State):
+        self.decoders, self.state = decoders, state
+        self.batch = state.rows // len(decoders)
+
+    def run(self, c: Chunk) -> tuple[torch.Tensor, torch.Tensor | None]:
+        st, lay, B = self.state, self.state.layout, self.batch
+        k, R = lay.kernel, lay.residual
+        codes = torch.empty(st.rows, c.steps, dtype=torch.long, device=st.ring.device)
+        logits_out = (torch.empty(st.rows, c.steps, N_CLASSES, device=st.ring.device)
+                      if c.want_logits else None)
+        for i in range(c.steps):
+            t, f = st.t, int(c.frame_of_step[i])
+            for d, dec in enumerate(self.decoders):
+                rows = slice(d * B, (d + 1) * B)
+                res = F.linear(st.inputs[rows], dec.first_conv.weight[:, 0, :], dec.first_conv.bias)
+                skip = F.linear(res, dec.skip_conv.weight[:, :, 0], dec.skip_conv.bias)
+                for l, layer in enumerate(dec.layers):
+                    ring = st.ring[rows, lay.offsets[l]:lay.offsets[l] + lay.lengths[l]]
+                    n, w = lay.lengths[l], layer.causal.weight
+                    h = F.linear(res, w[:, :, k - 1], layer.causal.bias) + c.cond[d, :, f, l]
+                    for j in range(k - 1):
+                        past = ring[:, (t - (k - 1 - j) * layer.dilation) % n]
+                        h = h + F.linear(past, w[:, :, j])
+                    ring[:, t % n] = res
+                    g = torch.sigmoid(h[:, :R]) * torch.tanh(h[:, R:])
+                    res = res + F.linear(g, layer.residual.weight[:, :, 0], layer.residual.bias)
+                    skip = skip + F.linear(g, layer.skip.weight[:, :, 0], layer.skip.bias)
+                h = F.linear(F.relu(skip), dec.fc.weight[:, :, 0], dec.fc.bias) + c.head[d, :, f]
+                logits = F.linear(F.relu(h), dec.logits.weight[:, :, 0], dec.logits.bias)
+                if logits_out is not None:
+                    logits_out[rows, i] = logits
+                if c.forced is not None:
+                    code = c.forced[rows, i]
+                else:
+                    u = None if c.uniforms is None else c.uniforms[rows, i]
+                    code = pick_codes(logits, u, c.inv_temperature)
+                codes[rows, i] = code
+                st.inputs[rows] = torch.cat([st.inputs[rows, 1:], scaled(code)[:, None]], 1)
+            st.t += 1
+        return codes, logits_out
+
+
+# ----------------------------------------------------------------------- packed weights
+
+
+def stack_weights(decoders: list[WaveNetDecoder]) -> dict[str, torch.Tensor]:
+    """The decoders' weights as matrices (out, in), stacked over decoders (and layers).
+
+    conv (D, L, 2R, kernel*R): the causal taps side by side, oldest first; out
+    (D, L, R+S, R): residual and skip 1x1 convs fused into one matrix.
+    """
+    def mat(conv: torch.nn.Conv1d) -> torch.Tensor:
+        return conv.weight.detach()[:, :, 0]
+
+    def each(fn) -> torch.Tensor:
+        return torch.stack([fn(d) for d in decoders])
+
+    def per_layer(fn) -> torch.Tensor:
+        return torch.stack([torch.stack([fn(layer) for layer in d.layers]) for d in decoders])
+
+    w = {
+        "first_w": each(lambda d: d.first_conv.weight.detach()[:, 0, :].t()),  # (k, R)
+        "first_b": each(lambda d: d.first_conv.bias.detach()),
+        "skip0_w": each(lambda d: mat(d.skip_conv)),
+        "skip0_b": each(lambda d: d.skip_conv.bias.detach()),
+        "conv_w": per_layer(lambda m: m.causal.weight.detach().permute(0, 2, 1).flatten(1)),
+        "conv_b": per_layer(lambda m: m.causal.bias.detach()),
+        "out_w": per_layer(lambda m: torch.cat([mat(m.residual), mat(m.skip)])),
+        "out_b": per_layer(lambda m: torch.cat([m.residual.bias.detach(), m.skip.bias.detach()])),
+        "fc_w": each(lambda d: mat(d.fc)),
+        "fc_b": each(lambda d: d.fc.bias.detach()),
+        "logit_w": each(lambda d: mat(d.logits)),
+        "logit_b": each(lambda d: d.logits.bias.detach()),
+    }
+    return {k: v.float().contiguous() for k, v in w.items()}
+
+
+# ------------------------------------------------------------------ batched torch step
+
+
+class TorchStep:
+    """The step as batched matmuls over the decoder stack (``baddbmm``), for any device.
+
+    Everything the step reads or writes lives in preallocated tensors and every index
+    (sample, frame, ring slot) is computed on the device, so the step has no host
+    synchronisation: on CUDA it is captured once per mode in a CUDA graph and each
+    sample is one ``graph.replay()``. Two exact rewrites save kernels: the gate
+    ``sigmoid(a) * tanh(b)`` is ``(1 + tanh(a/2)) / 2 * tanh(b)`` (the halves go into
+    the conv weights and the 1x1 output weights), and the output 1x1's bias rides as
+    an extra input column fixed at 1.
+    """
+
+    name = "torch"
+
+    def __init__(self, decoders: list[WaveNetDecoder], state: State, *, max_steps: int,
+                 max_frames: int, cuda_graph: bool = False):
+        lay, dev = state.layout, state.ring.device
+        self.state, self.layout = state, lay
+        self.D = len(decoders)
+        self.B = state.rows // self.D
+        self.max_steps, self.max_frames = max_steps, max_frames
+        self.cuda_graph = cuda_graph
+        if cuda_graph:
+            self.name = "cuda-graph"
+        D, B, L, k, R, S = self.D, self.B, lay.layers, lay.kernel, lay.residual, lay.skip
+        w = {n: t.to(dev) for n, t in stack_weights(decoders).items()}
+        self.half = torch.cat([torch.full((R,), 0.5), torch.ones(R)]).to(dev)
+        self.conv_wT = (w["conv_w"] * self.half[:, None]).transpose(-1, -2).contiguous()
+        self.conv_b = w["conv_b"]
+        out = torch.cat([w["out_w"] * 0.5, w["out_b"][..., None]], -1)  # (D, L, R+S, R+1)
+        self.out_wT = out.transpose(-1, -2).contiguous()
+        self.first_w, self.first_b = w["first_w"], w["first_b"][:, None]
+        self.skip0_wT, self.skip0_b = w["skip0_w"].transpose(1, 2).contiguous(), w["skip0_b"][:, None]
+        self.fc_wT, self.fc_b = w["fc_w"].transpose(1, 2).contiguous(), w["fc_b"]
+        self.logit_wT = w["logit_w"].transpose(1, 2).contiguous()
+        self.logit_b = w["logit_b"][:, None]
+        # Static inputs and outputs of a chunk.
+        rows = state.rows
+        self.cond = torch.zeros(D, B, max_frames, L, 2 * R, device=dev)
+        self.head = torch.zeros(D, B, max_frames, S, device=dev)
+        self.frame_of_step = torch.zeros(max_steps, dtype=torch.long, device=dev)
+        self.uniforms = torch.zeros(rows, max_steps, device=dev)
+        self.forced = torch.zeros(rows, max_steps, dtype=torch.long, device=dev)
+        self.codes = torch.zeros(rows, max_steps, dtype=torch.long, device=dev)
+        self.logits: torch.Tensor | None = None
+        self.inv_t = torch.ones(1, device=dev)
+        self.i = torch.zeros(1, dtype=torch.long, device=dev)
+        self.t = torch.zeros(1, dtype=torch.long, device=dev)
+        # Working buffers: A holds each layer's conv input [past taps..., current].
+        self.A = torch.zeros(D, B, L, k * R, device=dev)
+        self.acc = torch.zeros(D, B, R + S, device=dev)  # [residual | skip]
+        self.g = torch.ones(D, B, R + 1, device=dev)  # [gate | 1]
+        delays = [(k - 1 - j) * d for d in lay.dilations for j in range(k - 1)]
+        self.tap_delay = torch.tensor(delays, device=dev)
+        self.tap_len = torch.tensor([n for n in lay.lengths for _ in range(k - 1)], device=dev)
+        self.tap_off = torch.tensor([o for o in lay.offsets for _ in range(k - 1)], device=dev)
+        self.ring_len = torch.tensor(lay.lengths, device=dev)
+        self.ring_off = torch.tensor(lay.offsets, device=dev)
+        self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+
+    def _step(self, mode: str, want_logits: bool) -> None:
+        st, lay = self.state, self.layout
+        D, B, L, k, R = self.D, self.B, lay.layers, lay.kernel, lay.residual
+        ring, inputs, acc, A = st.ring, st.inputs, self.acc, self.A
+        taps = torch.remainder(self.t - self.tap_delay, self.tap_len) + self.tap_off
+        A[..., :(k - 1) * R].copy_(ring.index_select(1, taps).view(D, B, L, (k - 1) * R))
+        frame = self.frame_of_step.index_select(0, self.i)
+        cond = self.cond.index_select(2, frame).squeeze(2)  # (D, B, L, 2R)
+        head = self.head.index_select(2, frame).squeeze(2)  # (D, B, S)
+        acc[..., :R].copy_(torch.baddbmm(self.first_b, inputs.view(D, B, k), self.first_w))
+        acc[..., R:].copy_(torch.baddbmm(self.skip0_b, acc[..., :R], self.skip0_wT))
+        gate = self.g[..., :R]
+        for l in range(L):
+            A[:, :, l, (k - 1) * R:].copy_(acc[..., :R])
+            th = torch.tanh(torch.baddbmm(cond[:, :, l], A[:, :, l], self.conv_wT[:, l]))
+            torch.addcmul(th[..., R:], th[..., :R], th[..., R:], out=gate)
+            acc.baddbmm_(self.g, self.out_wT[:, l])
+        slots = torch.remainder(self.t, self.ring_len) + self.ring_off
+        ring.index_copy_(1, slots, A[..., (k - 1) * R:].reshape(D * B, L, R))
+        h = torch.baddbmm(head, F.relu(acc[..., R:]), self.fc_wT)
+        logits = torch.baddbmm(self.logit_b, F.relu(h), self.logit_wT).view(D * B, N_CLASSES)
+        if want_logits:
+            self.logits.index_copy_(1, self.i, logits.unsqueeze(1))
+        if mode == "forced":
+            code = self.forced.index_select(1, self.i).squeeze(1)
+        elif mode == "greedy":
+            code = pick_codes(logits, None, 1.0)
+        else:
+            u = self.uniforms.index_select(1, self.i).squeeze(1)
+            code = pick_codes(logits, u, self.inv_t)
+        self.codes.index_copy_(1, self.i, code.unsqueeze(1))
+        if k > 2:
+            inputs[:, :-1].copy_(inputs[:, 1:].clone())
+        else:
+            inputs[:, 0].copy_(inputs[:, 1])
+        inputs[:, -1].copy_(scaled(code))
+        self.t.add_(1)
+        self.i.add_(1)
+
+    def _stepper(self, mode: str, want_logits: bool):
+        if not self.cuda_graph:
+            return lambda: self._step(mode, want_logits)
+        key = (mode, want_logits)
+        if key not in self.graphs:
+            # Warm up on a side stream (cuBLAS handles, workspaces), then put back the
+            # state the warm-up advanced, and capture one step.
+            st = self.state
+            saved = [x.clone() for x in (st.ring, st.inputs, self.t, self.i, self.codes)]
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._step(mode, want_logits)
+            torch.cuda.current_stream().wait_stream(side)
+            for x, s in zip((st.ring, st.inputs, self.t, self.i, self.codes), saved):
+                x.copy_(s)
+            del saved
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._step(mode, want_logits)
+            self.graphs[key] = graph
+        return self.graphs[key].replay
+
+    def run(self, c: Chunk) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if c.steps > self.max_steps or c.cond.shape[2] > self.max_frames:
+            raise ValueError("chunk larger than this step was prepared for")
+        n, frames = c.steps, c.cond.shape[2]
+        self.cond[:, :, :frames].copy_((c.cond + self.conv_b[:, None, None]) * self.half)
+        self.head[:, :, :frames].copy_(c.head + self.fc_b[:, None, None])
+        self.frame_of_step[:n].copy_(c.frame_of_step)
+        if c.uniforms is not None:
+            self.uniforms[:, :n].copy_(c.uniforms)
+            self.inv_t.fill_(c.inv_temperature)
+        if c.forced is not None:
+            self.forced[:, :n].copy_(c.forced)
+        if c.want_logits and self.logits is None:
+            self.logits = torch.zeros(self.state.rows, self.max_steps, N_CLASSES,
+                                      device=self.codes.device)
+        mode = "forced" if c.forced is not None else "sample" if c.uniforms is not None else "greedy"
+        self.i.zero_()
+        self.t.fill_(self.state.t)
+        step = self._stepper(mode, c.want_logits)
+        for _ in range(n):
+            step()
+        self.state.t += n
+        logits = self.logits[:, :n].clone() if c.want_logits else None
+        return self.codes[:, :n].clone(), logits
+
+
+# ------------------------------------------------------------------------ C++ kernel
+
+
+class _Weights(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_int64) for n in (
+        "decoders", "residual", "skip", "kernel", "layers",
+        "conv_panels", "out_panels", "skip_panels", "bf16")] + [
+        (n, ctypes.c_void_p) for n in (
+            "first_w", "first_b", "skip0_p", "skip0_b", "conv_p", "out_p", "out_b",
+            "fc_p", "logit_p", "logit_b")]
+
+
+class _Chunk(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_int64) for n in ("batch", "steps", "frames", "t0", "threads")] + [
+        ("cond", ctypes.c_void_p), ("head", ctypes.c_void_p), ("frame_of_step", ctypes.c_void_p),
+        ("ring", ctypes.c_void_p), ("ring_total", ctypes.c_int64),
+        ("ring_offset", ctypes.c_void_p), ("ring_length", ctypes.c_void_p),
+        ("dilation", ctypes.c_void_p), ("inputs", ctypes.c_void_p),
+        ("uniforms", ctypes.c_void_p), ("forced", ctypes.c_void_p),
+        ("inv_temperature", ctypes.c_float), ("greedy", ctypes.c_int64),
+        ("out_codes", ctypes.c_void_p), ("out_logits", ctypes.c_void_p),
+    ]
+
+
+_ABI_VERSION = 1
+_kernel_lock = threading.Lock()
+_kernel: ctypes.CDLL | None = None
+_kernel_error: str | None = None
+
+
+def kernel_cache_dir() -> Path:
+    """Where compiled kernels are kept: $UMT_KERNEL_CACHE, else ~/.cache/umt_core."""
+    if os.environ.get("UMT_KERNEL_CACHE"):
+        return Path(os.environ["UMT_KERNEL_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "umt_core"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _cpu_signature() -> str:
+    """Identifies the instruction set the kernel is compiled for (-march=native)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() + platform.machine()
+
+
+def _build(cxx: str, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        src = Path(tmp) / "wavenet_step.cpp"
+        src.write_text(CPP_SOURCE)
+        lib = Path(tmp) / out.name
+        flags = ["-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-pthread"]
+        proc = subprocess.run([cxx, *flags, str(src), "-o", str(lib)],
+                              check=False, capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr.strip()[-2000:] or f"{cxx} failed")
+        os.replace(lib, out)  # atomic: concurrent builders each install a whole file
+
+
+def cpp_kernel(*, rebuild: bool = False) -> ctypes.CDLL | None:
+    """The compiled CPU kernel, built on first use and cached by source, compiler and
+    CPU; None (with one warning) when no C++ compiler works here."""
+    global _kernel, _kernel_error
+    with _kernel_lock:
+        if _kernel is not None and not rebuild:
+            return _kernel
+        if _kernel_error is not None and not rebuild:
+            return None
+        cxx = _compiler()
+        try:
+            if cxx is None:
+                raise RuntimeError("no C++ compiler found (set CXX or install g++)")
+            key = hashlib.sha256(
+                "\0".join([CPP_SOURCE, cxx, shutil.which(cxx) or "", _cpu_signature()]).encode()
+            ).hexdigest()[:16]
+            path = kernel_cache_dir() / f"wavenet_step_{key}.so"
+            if rebuild or not path.exists():
+                _build(cxx, path)
+            lib = ctypes.CDLL(str(path))
+            if lib.umt_abi_version() != _ABI_VERSION:
+                raise RuntimeError(f"{path}: unexpected kernel version")
+            lib.umt_run_chunk.argtypes = [ctypes.POINTER(_Weights), ctypes.POINTER(_Chunk)]
+            lib.umt_run_chunk.restype = ctypes.c_int
+            _kernel, _kernel_error = lib, None
+            return lib
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            _kernel_error = str(e)
+            warnings.warn(
+                f"the fast CPU generation kernel is unavailable ({_kernel_error}); "
+                "using the slower batched torch step", RuntimeWarning, stacklevel=2,
+            )
+            return None
+
+
+def reset_cpp_kernel() -> None:
+    """Forget the loaded kernel or the last failure (the next use tries again)."""
+    global _kernel, _kernel_error
+    with _kernel_lock:
+        _kernel, _kernel_error = None, None
+
+
+def _panels(w: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """(..., N, K) -> (..., ceil(N/16), K, 16), zero padded: 16 outputs side by side."""
+    *lead, n, k = w.shape
+    p = -(-n // 16)
+    w = F.pad(w, (0, 0, 0, p * 16 - n)).reshape(*lead, p, 16, k).transpose(-1, -2)
+    return w.to(torch.bfloat16 if bf16 else torch.float32).contiguous()
+
+
+def _pad_last(b: torch.Tensor) -> torch.Tensor:
+    n = b.shape[-1]
+    return F.pad(b, (0, -(-n // 16) * 16 - n)).contiguous()
+
+
+class CppStep:
+    """The compiled kernel: a whole chunk of samples per call. CPU tensors only.
+
+    ``precision="bfloat16"`` stores the weights as bfloat16 (half the memory traffic,
+    activations and sums stay float32); its logits differ from float32 by ~1e-2.
+    """
+
+    name = "cpp"
+
+    def __init__(self, decoders: list[WaveNetDecoder], state: State, lib: ctypes.CDLL,
+                 precision: str = "float32", threads: int | None = None):
+        if precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be float32 or bfloat16, not {precision!r}")
+        if state.ring.device.type != "cpu":
+            raise ValueError("the C++ generation kernel runs on the CPU only")
+        lay = state.layout
+        self.lib, self.state, self.D = lib, state, len(decoders)
+        self.threads = threads  # None: torch.get_num_threads(); rows are split among them
+        self.B = state.rows // self.D
+        bf16 = precision == "bfloat16"
+        w = stack_weights(decoders)
+        self.conv_b, self.fc_b = w["conv_b"], w["fc_b"]
+        keep = {
+            "first_w": w["first_w"], "first_b": w["first_b"],
+            "skip0_p": _panels(w["skip0_w"], bf16), "skip0_b": _pad_last(w["skip0_b"]),
+            "conv_p": _panels(w["conv_w"], bf16),
+            "out_p": _panels(w["out_w"], bf16), "out_b": _pad_last(w["out_b"]),
+            "fc_p": _panels(w["fc_w"], bf16),
+            "logit_p": _panels(w["logit_w"], bf16), "logit_b": w["logit_b"],
+        }
+        self._keep = keep  # the kernel reads these buffers directly
+        R, S = lay.residual, lay.skip
+        self.weights = _Weights(
+            decoders=self.D, residual=R, skip=S, kernel=lay.kernel, layers=lay.layers,
+            conv_panels=-(-2 * R // 16), out_panels=-(-(R + S) // 16), skip_panels=-(-S // 16),
+            bf16=int(bf16), **{n: t.data_ptr() for n, t in keep.items()},
+        )
+        self.ring_offset = torch.tensor(lay.offsets, dtype=torch.long)
+        self.ring_length = torch.tensor(lay.lengths, dtype=torch.long)
+        self.dilation = torch.tensor(lay.dilations, dtype=torch.long)
+
+    def run(self, c: Chunk) -> tuple[torch.Tensor, torch.Tensor | None]:
+        st, n = self.state, c.steps
+        rows = st.rows
+        cond = (c.cond + self.conv_b[:, None, None]).reshape(rows, *c.cond.shape[2:]).contiguous()
+        head = (c.head + self.fc_b[:, None, None]).reshape(rows, *c.head.shape[2:]).contiguous()
+        frame_of_step = c.frame_of_step.to(torch.long).contiguous()
+        codes = torch.empty(rows, n, dtype=torch.long)
+        logits = torch.empty(rows, n, N_CLASSES) if c.want_logits else None
+        uniforms = c.uniforms.float().contiguous() if c.uniforms is not None else None
+        forced = c.forced.to(torch.long).contiguous() if c.forced is not None else None
+
+        def ptr(t: torch.Tensor | None) -> int | None:
+            return None if t is None else t.data_ptr()
+
+        chunk = _Chunk(
+            batch=self.B, steps=n, frames=cond.shape[1], t0=st.t,
+            threads=max(1, self.threads or torch.get_num_threads()),
+            cond=ptr(cond), head=ptr(head), frame_of_step=ptr(frame_of_step),
+            ring=ptr(st.ring), ring_total=st.ring.shape[1], ring_offset=ptr(self.ring_offset),
+            ring_length=ptr(self.ring_length), dilation=ptr(self.dilation),
+            inputs=ptr(st.inputs), uniforms=ptr(uniforms), forced=ptr(forced),
+            inv_temperature=c.inv_temperature, greedy=int(uniforms is None and forced is None),
+            out_codes=ptr(codes), out_logits=ptr(logits),
+        )
+        if not (st.ring.is_contiguous() and st.inputs.is_contiguous()):
+            raise ValueError("generation state must be contiguous")
+        if self.lib.umt_run_chunk(ctypes.byref(self.weights), ctypes.byref(chunk)) != 0:
+            raise RuntimeError("the C++ generation kernel failed (out of memory?)")
+        st.t += n
+        return codes, logits
+
+
+CPP_SOURCE = r"""// Incremental WaveNet decoding on the CPU: the whole per-sample step of every
+// layer, for a chunk of samples, in one call. Plain C ABI (loaded with ctypes).
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define UMT_AVX2 1
+#endif
+
+extern "C" {
+// Weights of D decoders, packed in panels of 16 outputs: a matrix of N outputs and
+// K inputs is stored as [ceil(N/16)][K][16] (zero padded), float or bf16 bits.
+struct UmtWeights {
+  int64_t decoders, residual, skip, kernel, layers;
+  int64_t conv_panels, out_panels, skip_panels;
+  int64_t bf16;
+  const float* first_w;   // (D, kernel, R): first causal conv, tap-major
+  const float* first_b;   // (D, R)
+  const void* skip0_p;    // (D, skip_panels, R, 16)
+  const float* skip0_b;   // (D, skip_panels*16)
+  const void* conv_p;     // (D, layers, conv_panels, kernel*R, 16): taps oldest..current
+  const void* out_p;      // (D, layers, out_panels, R, 16): [residual; skip] outputs
+  const float* out_b;     // (D, layers, out_panels*16)
+  const void* fc_p;       // (D, skip_panels, S, 16)
+  const void* logit_p;    // (D, 16, S, 16)
+  const float* logit_b;   // (D, 256)
+};
+
+// One chunk of `steps` samples for D*B rows (row = decoder * B + clip).
+struct UmtChunk {
+  int64_t batch, steps, frames, t0, threads;
+  const float* cond;          // (rows, frames, layers, 2R), causal conv bias included
+  const float* head;          // (rows, frames, S), fc bias included
+  const int64_t* frame_of_step;  // (steps,) index into `frames`
+  float* ring;                // (rows, ring_total, R): past inputs of each layer
+  int64_t ring_total;
+  const int64_t* ring_offset; // (layers,)
+  const int64_t* ring_length; // (layers,) = (kernel - 1) * dilation
+  const int64_t* dilation;    // (layers,)
+  float* inputs;              // (rows, kernel): scaled past inputs, current last
+  const float* uniforms;      // (rows, steps) in [0, 1), or null for greedy/forced
+  const int64_t* forced;      // (rows, steps) teacher-forced codes, or null
+  float inv_temperature;
+  int64_t greedy;
+  int64_t* out_codes;         // (rows, steps)
+  float* out_logits;          // (rows, steps, 256) or null
+};
+}
+
+namespace {
+
+using bf16 = uint16_t;
+constexpr int kClasses = 256;
+constexpr int64_t kMaxTile = 6;
+
+inline float to_float(float x) { return x; }
+inline float to_float(bf16 x) {
+  uint32_t u = static_cast<uint32_t>(x) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+#ifdef UMT_AVX2
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const bf16* p) {
+  __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+// C[MR][16*NP] += A[MR][K] * panels; `ps` = elements per panel.
+template <int MR, int NP, typename W>
+inline void tile(const float* A, int64_t lda, int64_t K, const W* P, int64_t ps, float* C,
+                 int64_t ldc) {
+  __m256 acc[MR][2 * NP];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+    for (int j = 0; j < 2 * NP; ++j) acc[r][j] = _mm256_loadu_ps(C + r * ldc + 8 * j);
+  for (int64_t k = 0; k < K; ++k) {
+#pragma GCC unroll 8
+    for (int p = 0; p < NP; ++p) {
+      const W* w = P + p * ps + k * 16;
+      const __m256 w0 = load8(w), w1 = load8(w + 8);
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        const __m256 a = _mm256_broadcast_ss(A + r * lda + k);
+        acc[r][2 * p] = _mm256_fmadd_ps(a, w0, acc[r][2 * p]);
+        acc[r][2 * p + 1] = _mm256_fmadd_ps(a, w1, acc[r][2 * p + 1]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+    for (int j = 0; j < 2 * NP; ++j) _mm256_storeu_ps(C + r * ldc + 8 * j, acc[r][j]);
+}
+
+// e^x for |x| < 88, Cephes-style range reduction and polynomial (rel. error ~1e-7).
+inline __m256 exp8(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+#else
+template <int MR, int NP, typename W>
+inline void tile(const float* A, int64_t lda, int64_t K, const W* P, int64_t ps, float* C,
+                 int64_t ldc) {
+  for (int r = 0; r < MR; ++r)
+    for (int p = 0; p < NP; ++p) {
+      float acc[16];
+      for (int c = 0; c < 16; ++c) acc[c] = C[r * ldc + 16 * p + c];
+      const W* w = P + p * ps;
+      for (int64_t k = 0; k < K; ++k) {
+        const float a = A[r * lda + k];
+        for (int c = 0; c < 16; ++c) acc[c] += a * to_float(w[k * 16 + c]);
+      }
+      for (int c = 0; c < 16; ++c) C[r * ldc + 16 * p + c] = acc[c];
+    }
+}
+#endif
+
+// C[m][16*np] += A[m][K] * panels, for m <= kMaxTile rows.
+template <typename W>
+void block(int64_t m, const float* A, int64_t lda, int64_t K, const W* P, int64_t np, float* C,
+           int64_t ldc) {
+  const int64_t ps = K * 16;
+  int64_t p = 0;
+  switch (m) {
+    case 1:
+      for (; p + 4 <= np; p += 4) tile<1, 4>(A, lda, K, P + p * ps, ps, C + p * 16, ldc);
+      for (; p < np; ++p) tile<1, 1>(A, lda, K, P + p * ps, ps, C + p * 16, ldc);
+      break;
+    case 2:
+      for (; p + 2 <= np; p += 2) tile<2, 2>(A, lda, K, P + p * ps, ps, C + p * 16, ldc);
+      for (; p < np; ++p) tile<2, 1>(A, lda, K, P + p * ps, ps, C + p * 16, ldc);
+      break;
+    case 3:
+      for (; p + 2 <= np; p += 2) tile<3, 2>(A, lda, K, P + p * ps, ps, C + p * 16, ldc);
+      for (; p < np; ++p) tile<3, 1>(A, lda, K, P + p * ps, ps, C + p * 16, ldc);
+      break;
+    case 4:
+      for (; p < np; ++p) tile<4, 1>(A, lda, K, P + p * ps, ps, C + p * 16, ldc);
+      break;
+    case 5:
+      for (; p < np; ++p) tile<5, 1>(A, lda, K, P + p * ps, ps, C + p * 16, ldc);
+      break;
+    default:
+      for (; p < np; ++p) tile<6, 1>(A, lda, K, P + p * ps, ps, C + p * 16, ldc);
+      break;
+  }
+}
+
+// C[rows][16*np] += A[rows][K] * panels. Blocks of 4 panels (64 outputs) outside,
+// tiles of <= kMaxTile rows inside: each block of weights is read from memory once
+// and reused from cache by every tile.
+template <typename W>
+void gemm(int64_t rows, const float* A, int64_t lda, int64_t K, const W* P, int64_t np,
+          float* C, int64_t ldc) {
+  const int64_t ps = K * 16, nt = (rows + kMaxTile - 1) / kMaxTile;
+  for (int64_t p0 = 0; p0 < np; p0 += 4) {
+    const int64_t nb = std::min<int64_t>(4, np - p0);
+    for (int64_t i = 0; i < nt; ++i) {
+      const int64_t r = rows * i / nt, m = rows * (i + 1) / nt - r;
+      block<W>(m, A + r * lda, lda, K, P + p0 * ps, nb, C + r * ldc + p0 * 16, ldc);
+    }
+  }
+}
+
+// g[c] = sigmoid(h[c]) * tanh(h[R + c])
+inline void gate(const float* h, int64_t R, float* g) {
+  int64_t c = 0;
+#ifdef UMT_AVX2
+  const __m256 one = _mm256_set1_ps(1.0f), two = _mm256_set1_ps(2.0f);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (; c + 8 <= R; c += 8) {
+    __m256 a = _mm256_loadu_ps(h + c), b = _mm256_loadu_ps(h + R + c);
+    __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_xor_ps(a, sign))));
+    __m256 e = exp8(_mm256_mul_ps(b, _mm256_set1_ps(-2.0f)));
+    __m256 t = _mm256_sub_ps(_mm256_div_ps(two, _mm256_add_ps(one, e)), one);
+    _mm256_storeu_ps(g + c, _mm256_mul_ps(s, t));
+  }
+#endif
+  for (; c < R; ++c) g[c] = std::tanh(h[R + c]) / (1.0f + std::exp(-h[c]));
+}
+
+// Next code from 256 logits: greedy = first arg max; otherwise inverse CDF of
+// softmax(logits / T) at u (cumulative sums in double, as torch.cumsum on CPU).
+int64_t pick(const float* logits, bool greedy, float u, float inv_t, float* e) {
+  int64_t best = 0;
+  float m = logits[0];
+  for (int i = 1; i < kClasses; ++i)
+    if (logits[i] > m) { m = logits[i]; best = i; }
+  if (greedy) return best;
+  int i = 0;
+#ifdef UMT_AVX2
+  const __m256 mv = _mm256_set1_ps(m), it = _mm256_set1_ps(inv_t);
+  for (; i < kClasses; i += 8)
+    _mm256_storeu_ps(e + i, exp8(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(logits + i), mv), it)));
+#endif
+  for (; i < kClasses; ++i) e[i] = std::exp((logits[i] - m) * inv_t);
+  double run = 0.0;
+  for (i = 0; i < kClasses; ++i) { run += e[i]; e[i] = static_cast<float>(run); }
+  const float thr = u * e[kClasses - 1];
+  int64_t code = 0;
+  while (code < kClasses - 1 && e[code] < thr) ++code;
+  return code;
+}
+
+// Rows [row0, row1) of the D*B streams, all steps of the chunk.
+template <typename W>
+void run_rows(const UmtWeights& w, const UmtChunk& c, int64_t row0, int64_t row1) {
+  const int64_t R = w.residual, S = w.skip, KK = w.kernel, L = w.layers;
+  const int64_t Pc = w.conv_panels, Po = w.out_panels, Ps = w.skip_panels;
+  const int64_t accw = std::max(Po * 16, R + Ps * 16);  // [residual | skip | padding]
+  const int64_t aw = std::max({KK * R, R, S});
+  const int64_t hw = Pc * 16, hhw = Ps * 16;
+  const W* skip0_p = static_cast<const W*>(w.skip0_p);
+  const W* conv_p = static_cast<const W*>(w.conv_p);
+  const W* out_p = static_cast<const W*>(w.out_p);
+  const W* fc_p = static_cast<const W*>(w.fc_p);
+  const W* logit_p = static_cast<const W*>(w.logit_p);
+  const int64_t n = row1 - row0;
+
+  // Runs of consecutive rows that share a decoder (and so its weights).
+  struct Group { int64_t first, rows, dec; };  // first: index within [row0, row1)
+  std::vector<Group> groups;
+  for (int64_t r = row0; r < row1;) {
+    const int64_t dec = r / c.batch, end = std::min(row1, (dec + 1) * c.batch);
+    groups.push_back({r - row0, end - r, dec});
+    r = end;
+  }
+  std::vector<float> acc(n * accw, 0.0f), A(n * aw, 0.0f), h(n * hw, 0.0f), g(n * R, 0.0f),
+      hh(n * hhw, 0.0f), lg(n * kClasses, 0.0f), scratch(kClasses, 0.0f);
+
+  for (int64_t i = 0; i < c.steps; ++i) {
+    const int64_t t = c.t0 + i, f = c.frame_of_step[i];
+    for (const Group& gr : groups) {
+      // First causal conv (1 input channel) and its skip projection.
+      const float* fw = w.first_w + gr.dec * KK * R;
+      const float* fb = w.first_b + gr.dec * R;
+      float* a0 = acc.data() + gr.first * accw;
+      for (int64_t r = 0; r < gr.rows; ++r) {
+        const float* x = c.inputs + (row0 + gr.first + r) * KK;
+        float* a = a0 + r * accw;
+        for (int64_t ch = 0; ch < R; ++ch) {
+          float s = fb[ch];
+          for (int64_t j = 0; j < KK; ++j) s += fw[j * R + ch] * x[j];
+          a[ch] = s;
+        }
+        std::memcpy(a + R, w.skip0_b + gr.dec * hhw, hhw * sizeof(float));
+      }
+      gemm<W>(gr.rows, a0, accw, R, skip0_p + gr.dec * Ps * R * 16, Ps, a0 + R, accw);
+
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t off = c.ring_offset[l], len = c.ring_length[l], dil = c.dilation[l];
+        const int64_t wslot = t % len, dl = gr.dec * L + l;
+        float* A0 = A.data() + gr.first * aw;
+        float* h0 = h.data() + gr.first * hw;
+        float* g0 = g.data() + gr.first * R;
+        for (int64_t r = 0; r < gr.rows; ++r) {
+          const int64_t row = row0 + gr.first + r;
+          float* ring = c.ring + (row * c.ring_total + off) * R;
+          const float* a = a0 + r * accw;
+          float* Ar = A0 + r * aw;
+          for (int64_t j = 0; j + 1 < KK; ++j) {
+            const int64_t slot = (((t - (KK - 1 - j) * dil) % len) + len) % len;
+            std::memcpy(Ar + j * R, ring + slot * R, R * sizeof(float));
+          }
+          std::memcpy(Ar + (KK - 1) * R, a, R * sizeof(float));
+          std::memcpy(ring + wslot * R, a, R * sizeof(float));
+          std::memcpy(h0 + r * hw, c.cond + ((row * c.frames + f) * L + l) * 2 * R,
+                      2 * R * sizeof(float));
+        }
+        gemm<W>(gr.rows, A0, aw, KK * R, conv_p + dl * Pc * KK * R * 16, Pc, h0, hw);
+        const float* ob = w.out_b + dl * Po * 16;
+        for (int64_t r = 0; r < gr.rows; ++r) {
+          gate(h0 + r * hw, R, g0 + r * R);
+          float* a = a0 + r * accw;
+          for (int64_t ch = 0; ch < Po * 16; ++ch) a[ch] += ob[ch];
+        }
+        gemm<W>(gr.rows, g0, R, R, out_p + dl * Po * R * 16, Po, a0, accw);
+      }
+
+      // Head: relu -> fc (+ conditioning) -> relu -> logits; then the next code.
+      float* A0 = A.data() + gr.first * aw;
+      float* hh0 = hh.data() + gr.first * hhw;
+      float* lg0 = lg.data() + gr.first * kClasses;
+      for (int64_t r = 0; r < gr.rows; ++r) {
+        const int64_t row = row0 + gr.first + r;
+        for (int64_t ch = 0; ch < S; ++ch) A0[r * aw + ch] = std::max(a0[r * accw + R + ch], 0.0f);
+        std::memcpy(hh0 + r * hhw, c.head + (row * c.frames + f) * S, S * sizeof(float));
+      }
+      gemm<W>(gr.rows, A0, aw, S, fc_p + gr.dec * Ps * S * 16, Ps, hh0, hhw);
+      for (int64_t r = 0; r < gr.rows; ++r) {
+        for (int64_t ch = 0; ch < S; ++ch) A0[r * aw + ch] = std::max(hh0[r * hhw + ch], 0.0f);
+        std::memcpy(lg0 + r * kClasses, w.logit_b + gr.dec * kClasses, kClasses * sizeof(float));
+      }
+      gemm<W>(gr.rows, A0, aw, S, logit_p + gr.dec * 16 * S * 16, 16, lg0, kClasses);
+      for (int64_t r = 0; r < gr.rows; ++r) {
+        const int64_t row = row0 + gr.first + r;
+        const float* logits = lg0 + r * kClasses;
+        if (c.out_logits)
+          std::memcpy(c.out_logits + (row * c.steps + i) * kClasses, logits,
+                      kClasses * sizeof(float));
+        int64_t code;
+        if (c.forced) {
+          code = c.forced[row * c.steps + i];
+        } else {
+          const float u = c.uniforms ? c.uniforms[row * c.steps + i] : 0.0f;
+          code = pick(logits, c.greedy || !c.uniforms, u, c.inv_temperature, scratch.data());
+        }
+        c.out_codes[row * c.steps + i] = code;
+        float* x = c.inputs + row * KK;
+        for (int64_t j = 0; j + 1 < KK; ++j) x[j] = x[j + 1];
+        x[KK - 1] = static_cast<float>(code) / 255.0f - 0.5f;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" int umt_run_chunk(const UmtWeights* w, const UmtChunk* c) {
+  const int64_t rows = w->decoders * c->batch;
+  const int64_t n = std::max<int64_t>(1, std::min<int64_t>(c->threads, rows));
+  std::atomic<int> failed{0};
+  auto body = [&](int64_t u) {
+    try {
+      const int64_t r0 = rows * u / n, r1 = rows * (u + 1) / n;
+      if (w->bf16) run_rows<bf16>(*w, *c, r0, r1);
+      else run_rows<float>(*w, *c, r0, r1);
+    } catch (...) {
+      failed = 1;
+    }
+  };
+  std::vector<std::thread> workers;
+  try {
+    for (int64_t u = 1; u < n; ++u) workers.emplace_back(body, u);
+  } catch (...) {
+    failed = 1;
+  }
+  body(0);
+  for (auto& th : workers) th.join();
+  return failed.load();
+}
+
+extern "C" int umt_abi_version() { return 1; }
+"""
