@@ -145,3 +145,28 @@ def test_cli_prep_and_verify(tmp_path, note_cache, capsys, monkeypatch):
     assert main(["prep", "--manifest", str(path), "--verify"]) == 1
     assert "missing" in capsys.readouterr().out
     assert main(["prep", "--manifest", str(path), "--minutes-per-domain", "-1"]) == 2
+
+
+def test_notebook_01_runs_under_papermill(tmp_path):
+    import json
+
+    import nbformat
+    import papermill
+
+    path = tiny_manifest(tmp_path / "proj" / "data_manifests")
+    out = tmp_path / "01_data_prep.ipynb"
+    results = tmp_path / "results"
+    papermill.execute_notebook(
+        str(REPO / "notebooks" / "01_data_prep.ipynb"), str(out), kernel_name="umt-study",
+        cwd=str(REPO), progress_bar=False,
+        parameters={"manifest": str(path), "workers": 1, "example_seconds": 2.0,
+                    "results_dir": str(results)})
+    figures = json.loads((results / "01_data_prep.json").read_text())
+    assert figures["dataset"] == "scores" and figures["status"] == "prepared"
+    assert figures["files"] == 4 * 4 and figures["files_skipped"] == 0
+    assert figures["minutes_flute_test_alt"] > 0 and figures["paired_example"]
+    for name in ("01_durations.png", "01_domains.png", "01_paired.png", "01_paired_alt.png"):
+        assert (results / "figures" / name).stat().st_size > 0
+    outputs = [o for c in nbformat.read(out, 4).cells if c.cell_type == "code" for o in c.outputs]
+    assert sum("audio" in json.dumps(o.get("data", {})) for o in outputs) >= 3 * 4
+    assert (tmp_path / "proj" / "data" / "scores" / "lock.json").exists()

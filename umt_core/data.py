@@ -491,7 +491,8 @@ class Job:
     label: str
 
 
-def _params(m: Manifest, minutes_per_domain: float | None, soundfont: str | None) -> dict:
+def _params(m: Manifest, minutes_per_domain: float | None, soundfont: str | None,
+            test_works: int | None = None) -> dict:
     """Everything that decides the dataset's content (not where sources live)."""
     source = dict(m.source)
     for key in ("path", "metadata", "url"):
@@ -503,6 +504,12 @@ def _params(m: Manifest, minutes_per_domain: float | None, soundfont: str | None
         if not minutes_per_domain > 0:
             raise DataError(f"--minutes-per-domain must be positive, got {minutes_per_domain}")
         split["minutes_per_domain"] = float(minutes_per_domain)
+    if test_works is not None:
+        if m.kind != "scores":
+            raise DataError("--test-works applies to rendered datasets only")
+        if int(test_works) < 1:
+            raise DataError(f"--test-works must be at least 1, got {test_works}")
+        split["test_works"] = int(test_works)
     if soundfont is not None:
         if m.kind != "scores":
             raise DataError("--soundfont applies to rendered datasets only")
@@ -513,7 +520,7 @@ def _params(m: Manifest, minutes_per_domain: float | None, soundfont: str | None
 
 def prep(manifest: Manifest | str | Path, *, minutes_per_domain: float | None = None,
          source: str | Path | None = None, soundfont: str | None = None,
-         on_error: str | None = None, workers: int | None = None, progress: bool = True,
+         test_works: int | None = None, on_error: str | None = None, workers: int | None = None, progress: bool = True,
          note_cache: str | Path | None = None, log: Callable[[str], None] = print) -> dict:
     """Produce the dataset of `manifest` and its lock; returns a report dict.
 
@@ -528,7 +535,7 @@ def prep(manifest: Manifest | str | Path, *, minutes_per_domain: float | None = 
     if policy not in ON_ERROR:
         raise DataError(f"on_error must be one of {list(ON_ERROR)}, got {policy!r}")
     workers = max(1, int(workers or min(2, os.cpu_count() or 1)))
-    params = _params(m, minutes_per_domain, soundfont)
+    params = _params(m, minutes_per_domain, soundfont, test_works)
     params_sha = _sha_json(params)
     old = _try_read_lock(m, log)
     if old is not None and old.get("params_sha256") == params_sha and not _file_mismatches(m, old):
@@ -670,7 +677,7 @@ def _run_jobs(m: Manifest, jobs: list[Job], workers: int, progress: bool):
         bar.close()
 
 
-def _bar(total: int, desc: str, enabled: bool):
+def _bar(total: int | None, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="file", disable=not enabled, leave=False)
@@ -724,7 +731,7 @@ def _plan_scores(m: Manifest, params: dict, note_cache, workers: int, progress: 
     seconds = lambda notes: render.work_seconds(notes, src["tempo_qpm"], src["excerpt_seconds"])
 
     parsed: dict[str, dict] = {}
-    bar = _bar(0, "parse scores", progress)
+    bar = _bar(None, "parse scores", progress)
     parser = _Parser(cache, workers)
 
     def parse(batch: list[str]) -> list[str]:
@@ -1087,6 +1094,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                    help="train + val audio per domain (rendered datasets)")
     p.add_argument("--source", default=None, help="MusicNet: musicnet.tar.gz or its extracted folder")
     p.add_argument("--soundfont", default=None, help="rendered datasets: main soundfont")
+    p.add_argument("--test-works", type=int, default=None,
+                   help="rendered datasets: works in the paired test set")
     p.add_argument("--on-error", choices=ON_ERROR, default=None, help="override the manifest's policy")
     p.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
     p.add_argument("--no-progress", action="store_true")
@@ -1115,7 +1124,8 @@ def _cli(args: argparse.Namespace) -> int:
         print(f"{m.name}: {'OK, every file matches the lock' if not problems else f'{len(problems)} mismatch(es)'}")
         return 1 if problems else 0
     report = prep(m, minutes_per_domain=args.minutes_per_domain, source=args.source,
-                  soundfont=args.soundfont, on_error=args.on_error, workers=args.workers,
+                  soundfont=args.soundfont, test_works=args.test_works,
+                  on_error=args.on_error, workers=args.workers,
                   progress=not args.no_progress and sys.stderr.isatty())
     print(f"{m.name}: {report['status']} in {report['seconds']:.1f} s; {report['files']} files "
           f"({report['produced']} produced, {report['kept']} kept), lock {_show(m.lock_path)}")
