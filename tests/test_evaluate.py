@@ -217,3 +217,43 @@ def test_model_signals_on_a_smoke_model(data, classifier, smoke_config):
     assert "latent_probe_accuracy" in result.key_figures()
     text = ev.format_tables(result)
     assert "Latent domain probe" in text and "translation" in text
+
+
+def test_evaluate_command_end_to_end(tmp_path, smoke_config, monkeypatch, capsys):
+    """`python -m umt_core evaluate` on a smoke model and a tiny dataset in the data layout."""
+    import json
+
+    import yaml
+
+    from umt_core.__main__ import main
+    from umt_core.checkpoint import save_checkpoint
+    from umt_core.model import UMTN
+
+    monkeypatch.delenv("UMT_ROOT", raising=False)
+    domains = ["piano", "cello"]
+    write_dataset(tmp_path / "data" / "synth", domains)  # the manifest's project: tmp_path
+    manifest = tmp_path / "synth.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "dataset": "synth", "sample_rate": SR,
+        "source": {"type": "scores", "soundfont": "unused.sf2", "alt_soundfont": "unused.sf2"},
+        "split": {"test_works": 4, "minutes_per_domain": 1},
+        "domains": [{"name": d, "instrument": d, "low": 36, "high": 96} for d in domains],
+    }))
+    torch.manual_seed(0)
+    smoke_config.domains = domains
+    model = UMTN(smoke_config)
+    ckpt = tmp_path / "smoke.pt"
+    save_checkpoint({"config": smoke_config.to_dict(), "model": model.state_dict()}, ckpt)
+    out = tmp_path / "eval" / "metrics.json"
+    rc = main(["evaluate", "--checkpoint", str(ckpt), "--manifest", str(manifest), "--clips", "1",
+               "--seconds", "0.5", "--temperature", "0", "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    conditions = {r["condition"] for r in result["summary"]}
+    assert conditions == {"translation", "identity", "ground_truth", "unrelated",
+                          "reconstruction"}
+    assert result["latent_probe"]["chance"] == 0.5
+    assert {r["domain"] for r in result["latent_use"]} == set(domains)
+    assert result["confusion"]["translation"].keys() == set(domains)
+    assert "classifier_heldout_accuracy" in result["key_figures"]
+    assert "Latent domain probe" in capsys.readouterr().out

@@ -38,6 +38,8 @@ reconstruction loss with a time-shuffled latent minus the loss with the true one
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -97,16 +99,24 @@ def _active(energy: np.ndarray, db: float = ACTIVE_DB) -> np.ndarray:
     return energy >= peak * 10 ** (db / 10)
 
 
+@functools.lru_cache(maxsize=8)
+def _mel_basis(sample_rate: int) -> np.ndarray:
+    import librosa
+
+    return librosa.filters.mel(sr=sample_rate, n_fft=MEL_FFT, n_mels=N_MELS,
+                               fmax=sample_rate / 2).astype(np.float32)
+
+
+def _power_spectrogram(audio: np.ndarray) -> np.ndarray:
+    import librosa
+
+    return np.abs(librosa.stft(_as_audio(audio), n_fft=MEL_FFT, hop_length=MEL_HOP)) ** 2
+
+
 def logmel(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """Log-mel spectrogram (N_MELS, frames) in dB relative to its own maximum, floored
     at -80 dB: independent of the clip's level."""
-    import librosa
-
-    a = _as_audio(audio)
-    S = librosa.feature.melspectrogram(
-        y=a, sr=sample_rate, n_fft=MEL_FFT, hop_length=MEL_HOP, n_mels=N_MELS,
-        fmax=sample_rate / 2,
-    )
+    S = _mel_basis(sample_rate) @ _power_spectrogram(audio)
     peak = float(S.max()) if S.size else 0.0
     if peak <= 1e-12:
         return np.full(S.shape, DB_FLOOR, dtype=np.float32)
@@ -178,7 +188,7 @@ def spectral_flatness(audio: np.ndarray, sample_rate: int) -> float:
     a = _as_audio(audio)
     if np.abs(a).max() <= 0:
         return 0.0
-    S = np.abs(librosa.stft(a, n_fft=MEL_FFT, hop_length=MEL_HOP)) ** 2
+    S = _power_spectrogram(a)
     flat = librosa.feature.spectral_flatness(S=S, power=1.0)[0]
     active = _active(S.sum(axis=0))
     return float(np.median(flat[active])) if active.any() else 0.0
@@ -189,6 +199,20 @@ def is_noise(audio: np.ndarray, sample_rate: int, criteria: Criteria | None = No
     return spectral_flatness(audio, sample_rate) > (criteria or Criteria()).noise_flatness
 
 
+def _small_blas(fn):
+    """Run `fn` with single-threaded BLAS: the matrices here are small, and BLAS threads
+    fighting over a busy CPU made them 10-50 times slower."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 # ---------------------------------------------------------------- instrument classifier
 
 
@@ -197,13 +221,25 @@ def degrade(audio: np.ndarray, rng: np.random.Generator, mu_law: str = "torchaud
     """The audio as a model would output it: mu-law quantised, with an integer noise of
     standard deviation `code_noise` (drawn from CODE_NOISE_LEVELS when None) added to
     the codes, as sampling from the decoder's softmax does."""
-    if code_noise is None:
-        code_noise = float(rng.choice(CODE_NOISE_LEVELS))
-    codes = mu_law_encode(torch.from_numpy(_as_audio(audio)), mu_law)
-    if code_noise > 0:
-        offset = np.rint(rng.normal(0.0, code_noise, size=codes.shape)).astype(np.int64)
-        codes = (codes + torch.from_numpy(offset)).clamp(0, 255)
-    return mu_law_decode(codes, mu_law).numpy()
+    return degrade_many([audio], rng, mu_law, code_noise)[0]
+
+
+def degrade_many(clips: Sequence[np.ndarray], rng: np.random.Generator,
+                 mu_law: str = "torchaudio", code_noise: float | None = None) -> list[np.ndarray]:
+    """`degrade` for many clips at once (one quantisation call; the noise level is drawn
+    per clip when `code_noise` is None)."""
+    clips = [_as_audio(c) for c in clips]
+    if not clips:
+        return []
+    bounds = np.cumsum([0] + [len(c) for c in clips])
+    codes = mu_law_encode(torch.from_numpy(np.concatenate(clips)), mu_law).numpy()
+    levels = [float(rng.choice(CODE_NOISE_LEVELS)) if code_noise is None else float(code_noise)
+              for _ in clips]
+    for (a, b), level in zip(itertools.pairwise(bounds), levels):
+        if level > 0:
+            codes[a:b] += np.rint(rng.normal(0.0, level, size=b - a)).astype(codes.dtype)
+    out = mu_law_decode(torch.from_numpy(np.clip(codes, 0, 255)), mu_law).numpy()
+    return [out[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def windows(audio: np.ndarray, length: int, max_windows: int | None = None,
@@ -237,10 +273,8 @@ class InstrumentClassifier:
 
     def features(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         rng = np.random.default_rng(0)  # unused by noise-free quantisation
-        return np.stack([
-            instrument_features(degrade(c, rng, self.mu_law, 0.0), self.sample_rate)
-            for c in clips
-        ])
+        quantised = degrade_many(clips, rng, self.mu_law, 0.0)
+        return np.stack([instrument_features(c, self.sample_rate) for c in quantised])
 
     def predict_proba(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         X = self.features(clips)
@@ -266,6 +300,7 @@ def _labelled_windows(audio: dict[str, Sequence[np.ndarray]], length: int, per_d
     return clips, labels
 
 
+@_small_blas
 def train_instrument_classifier(
     train: dict[str, Sequence[np.ndarray]], sample_rate: int, *,
     heldout: dict[str, Sequence[np.ndarray]] | None = None, seconds: float = 2.0,
@@ -300,9 +335,8 @@ def train_instrument_classifier(
     # Each window twice: quantised only (greedy-like) and with generation-like noise
     # (`features` quantises again: no change for "torchaudio", at most one code step
     # for the truncating "reference" variant).
-    X = np.concatenate([
-        clf.features([degrade(c, rng, mu_law, noise) for c in clips]) for noise in (0.0, None)
-    ])
+    X = np.concatenate([clf.features(degrade_many(clips, rng, mu_law, noise))
+                        for noise in (0.0, None)])
     y = np.array(labels * 2)
     clf.pipeline = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=3000))
     clf.pipeline.fit(X, y)
@@ -311,7 +345,7 @@ def train_instrument_classifier(
     if heldout is not None:
         hclips, hlabels = _labelled_windows(heldout, length, windows_per_domain, rng)
         clean = clf.predict(hclips)
-        noisy = clf.predict([degrade(c, rng, mu_law, max(CODE_NOISE_LEVELS)) for c in hclips])
+        noisy = clf.predict(degrade_many(hclips, rng, mu_law, max(CODE_NOISE_LEVELS)))
         report.update(
             heldout_windows=len(hclips),
             heldout_accuracy=float(np.mean([p == t for p, t in zip(clean, hlabels)])),
@@ -338,6 +372,7 @@ def latent_features(model, clips: Sequence[np.ndarray], batch: int = 16) -> np.n
     return np.concatenate(feats)
 
 
+@_small_blas
 def latent_probe(features: np.ndarray, labels: Sequence[str], groups: Sequence[str] | None = None,
                  folds: int = 5, seed: int = 0) -> dict[str, Any]:
     """Cross-validated accuracy of a fresh logistic regression predicting the domain
@@ -450,6 +485,13 @@ class EvalData:
         return load_audio(path, self.sample_rate)[0]
 
 
+def _spread(items: Sequence[Path], n: int) -> list[Path]:
+    """At most `n` items, evenly spread over the list."""
+    if len(items) <= n:
+        return list(items)
+    return [items[int(i)] for i in np.linspace(0, len(items) - 1, max(n, 1))]
+
+
 def _start_of_music(audio: np.ndarray, sample_rate: int) -> int:
     """First sample within 0.05 s before the music gets loud (5% of the peak)."""
     peak = float(np.abs(audio).max()) if len(audio) else 0.0
@@ -464,6 +506,21 @@ def _cut(audio: np.ndarray, start: int, length: int) -> np.ndarray:
     if len(w) < length:
         w = np.pad(w, (0, length - len(w)))
     return np.ascontiguousarray(w, dtype=np.float32)
+
+
+def dataset_classifier(data: EvalData, *, seconds: float = 2.0, mu_law: str = "torchaudio",
+                       seed: int = 0, files: int = 12) -> InstrumentClassifier:
+    """The instrument classifier of a dataset: trained on up to `files` training files
+    per domain, checked on half as many validation files (or held-out training files)."""
+    train, val = data.split("train"), data.split("val")
+    missing = [d for d in data.domains if not train[d]]
+    if missing:
+        raise ValueError(f"domains {missing} have no training audio; prepare the dataset first")
+    train_audio = {d: [data.load(p) for p in _spread(train[d], files)] for d in data.domains}
+    heldout = ({d: [data.load(p) for p in _spread(val[d], max(files // 2, 1))]
+                for d in data.domains} if all(val[d] for d in data.domains) else None)
+    return train_instrument_classifier(train_audio, data.sample_rate, heldout=heldout,
+                                       seconds=seconds, mu_law=mu_law, seed=seed)
 
 
 # ---------------------------------------------------------------------- evaluation
@@ -548,6 +605,21 @@ class Evaluation:
             out["latent_use_gap"] = float(self.latent_use.gap.mean())
         return out
 
+    def examples(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Translated clips with their source and (where paired) ground truth:
+        dicts with system, source, target, clip and the audio of each."""
+        out = []
+        for (cond, src, stem, tgt), audio in self.audio.items():
+            if cond != "translation":
+                continue
+            out.append({"system": self.settings["system"], "source": src, "target": tgt,
+                        "clip": stem, "source_audio": self.audio[("identity", src, stem, tgt)],
+                        "translation": audio,
+                        "ground_truth": self.audio.get(("ground_truth", src, stem, tgt))})
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
     def to_json(self) -> dict[str, Any]:
         def records(df: pd.DataFrame) -> list[dict[str, Any]]:
             return json.loads(df.to_json(orient="records"))
@@ -570,20 +642,27 @@ class Evaluation:
         }
 
 
+def control_agreement(source: np.ndarray, controls: Sequence[np.ndarray],
+                      sample_rate: int) -> float:
+    """The bar for content preservation: the highest chroma agreement between the
+    source and unrelated clips (other works) of the target instrument."""
+    return max(chroma_agreement(source, u, sample_rate) for u in controls)
+
+
 def judge(source: np.ndarray, candidate: np.ndarray, sample_rate: int, *, predicted: str,
           source_domain: str, target_domain: str, paired: np.ndarray | None,
-          controls: Sequence[np.ndarray], proba: dict[str, float] | None = None,
+          control: float | None, proba: dict[str, float] | None = None,
           criteria: Criteria | None = None, translation: bool = True) -> dict[str, Any]:
     """Every per-clip signal of one candidate against its source, and the verdict.
 
-    `controls` are unrelated clips of the target domain: the chroma agreement of each
-    with the source sets the bar the candidate must clear. `translation=False` (a
-    reconstruction) leaves the translation-only verdicts empty.
+    `control` is `control_agreement` of the source with unrelated clips of the target
+    domain: the candidate's chroma agreement must clear it by `content_margin`.
+    `translation=False` (a reconstruction) leaves the translation-only verdicts empty.
     """
     c = criteria or Criteria()
     chroma_c = chroma_agreement(source, candidate, sample_rate)
-    control = [chroma_agreement(source, u, sample_rate) for u in controls]
-    control_max = max(control) if control else float("nan")
+    has_control = control is not None and not math.isnan(control)
+    control_max = control if has_control else float("nan")
     wave = waveform_correlation(source, candidate)
     flat = spectral_flatness(candidate, sample_rate)
     row: dict[str, Any] = {
@@ -593,7 +672,7 @@ def judge(source: np.ndarray, candidate: np.ndarray, sample_rate: int, *, predic
         "target_prob": (proba or {}).get(target_domain, float("nan")),
         "chroma": chroma_c,
         "control_chroma": control_max,
-        "content_ok": bool(chroma_c > control_max + c.content_margin) if control else None,
+        "content_ok": bool(chroma_c > control_max + c.content_margin) if has_control else None,
         "wave_corr": wave,
         "is_copy": bool(wave > c.copy_correlation),
         "dist_source": logmel_distance(candidate, source, sample_rate),
@@ -620,6 +699,7 @@ def judge(source: np.ndarray, candidate: np.ndarray, sample_rate: int, *, predic
     return row
 
 
+@_small_blas
 def evaluate(
     model, data: EvalData, *, sources: Sequence[str] | None = None,
     targets: Sequence[str] | None = None, clips: int = 2, seconds: float = 2.0,
@@ -627,14 +707,16 @@ def evaluate(
     translator: Translator | None = None, classifier: InstrumentClassifier | None = None,
     controls: int = 3, probe_seconds: float = 1.0, probe_segments: int = 24,
     gap_segments: int = 4, gap_seconds: float = 0.5, criteria: Criteria | None = None,
-    progress: bool = False,
+    classifier_files: int = 12, progress: bool = False,
 ) -> Evaluation:
     """Translate `clips` test clips of each source domain into each target domain and
     judge them, with the reference conditions on the same clips.
 
     `model=None` evaluates only the reference conditions (identity, ground truth,
     unrelated). `translator` replaces the model's generation (tests use it to stand in
-    for a perfect or a copying model). `classifier` reuses a trained classifier.
+    for a perfect or a copying model). `classifier` reuses a trained classifier; else
+    one is trained on `classifier_files` training files per domain (spread over the
+    sorted list) and checked on half as many validation files.
     """
     criteria = criteria or Criteria()
     sr = data.sample_rate
@@ -665,12 +747,8 @@ def evaluate(
     mu_law = model.config.mu_law if model is not None else "torchaudio"
 
     if classifier is None:
-        train_audio = {d: [data.load(p) for p in data.split("train")[d]] for d in data.domains}
-        val = data.split("val")
-        heldout = ({d: [data.load(p) for p in val[d]] for d in data.domains}
-                   if all(val[d] for d in data.domains) else None)
-        classifier = train_instrument_classifier(train_audio, sr, heldout=heldout,
-                                                 seconds=seconds, mu_law=mu_law, seed=seed)
+        classifier = dataset_classifier(data, seconds=seconds, mu_law=mu_law, seed=seed,
+                                        files=classifier_files)
     if translator is None and model is not None:
         translator = model_translator(model, temperature=temperature, seed=seed,
                                       progress=progress)
@@ -693,7 +771,7 @@ def evaluate(
         proba = dict(zip(classifier.domains, map(float, proba_vec)))
         predicted = classifier.domains[int(proba_vec.argmax())]
         row = judge(source, candidate, sr, predicted=predicted, source_domain=src,
-                    target_domain=tgt, paired=paired, controls=ctrl, proba=proba,
+                    target_domain=tgt, paired=paired, control=ctrl, proba=proba,
                     criteria=criteria, translation=translation)
         rows.append({"system": system, "condition": condition, "source": src, "target": tgt,
                      "clip": stem, "paired": paired is not None, **row})
@@ -719,7 +797,7 @@ def evaluate(
         for i, (stem, start, source) in enumerate(zip(stems, starts, src_audio)):
             if src in outputs:
                 rec = _cut(_as_audio(outputs[src][i]), 0, length)
-                add("reconstruction", src, stem, src, source, rec, None, [], translation=False)
+                add("reconstruction", src, stem, src, source, rec, None, None, translation=False)
             for tgt in targets:
                 if tgt == src:
                     continue
@@ -728,15 +806,16 @@ def evaluate(
                 others = [p for p in test[tgt] if p.stem != stem]
                 k = (i + 1) % len(others)
                 others = (others[k:] + others[:k])[:max(controls, 1)]
-                ctrl = [_cut(audio_of(p), _start_of_music(audio_of(p), sr), length)
-                        for p in others]
+                unrelated = [_cut(audio_of(p), _start_of_music(audio_of(p), sr), length)
+                             for p in others]
+                ctrl = control_agreement(source, unrelated, sr)
                 if tgt in outputs:
                     out = _cut(_as_audio(outputs[tgt][i]), 0, length)
                     add("translation", src, stem, tgt, source, out, paired, ctrl)
                 add("identity", src, stem, tgt, source, source, paired, ctrl)
                 if paired is not None:
                     add("ground_truth", src, stem, tgt, source, paired, paired, ctrl)
-                add("unrelated", src, stem, tgt, source, ctrl[0], paired, ctrl)
+                add("unrelated", src, stem, tgt, source, unrelated[0], paired, ctrl)
 
     clips_df = pd.DataFrame(rows)
     order = {c: i for i, c in enumerate(CONDITIONS)}

@@ -61,6 +61,28 @@ class Stimulus:
 # ------------------------------------------------------------------------ stimuli
 
 
+def stimuli_from_evaluations(evaluations: Sequence[Any],
+                             references: Sequence[str] = ("ground_truth",)) -> list[Stimulus]:
+    """Stimuli from `umt_core.evaluate.Evaluation`s: each one's translations (named by
+    its system) and, once, the reference conditions in `references` (e.g. the paired
+    ground truth, or "identity": the source itself) for the same clips and targets."""
+    out: list[Stimulus] = []
+    seen: set[tuple[str, str, str, str]] = set()
+    for ev in evaluations:
+        for (cond, src, clip, tgt), audio in ev.audio.items():
+            if cond == "translation":
+                system = ev.settings["system"]
+            elif cond in references:
+                system = cond
+            else:
+                continue
+            if (system, src, clip, tgt) in seen:
+                continue
+            seen.add((system, src, clip, tgt))
+            out.append(Stimulus(system, src, tgt, clip, audio))
+    return out
+
+
 def build_stimuli(stimuli: Sequence[Stimulus], out_dir: str | Path, sample_rate: int, *,
                   instruments: Sequence[str] | None = None, n_trials: int | None = None,
                   seed: int = 0) -> Path:

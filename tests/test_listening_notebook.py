@@ -1,0 +1,75 @@
+"""Notebook 04 executes under papermill on a smoke model and a tiny synthesised dataset."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+import torch
+import yaml
+from conftest import REPO
+from test_evaluate import SR, write_dataset
+
+NOTEBOOK = REPO / "notebooks" / "04_listening_tests.ipynb"
+
+
+def test_notebook_is_stored_without_outputs_and_has_one_parameters_cell():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    for name in ("checkpoints", "manifest", "source_clips", "target_domains", "seconds_per_clip",
+                 "n_trials", "answers_file", "participant", "interactive", "temperature",
+                 'results_dir = "results/interactive"'):
+        assert name in tagged[0].source
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None
+
+
+@pytest.fixture
+def smoke_study(tmp_path, smoke_config, monkeypatch):
+    from umt_core.checkpoint import save_checkpoint
+    from umt_core.model import UMTN
+
+    monkeypatch.delenv("UMT_ROOT", raising=False)
+    domains = ["piano", "flute"]
+    write_dataset(tmp_path / "data" / "synth", domains)
+    manifest = tmp_path / "synth.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "dataset": "synth", "sample_rate": SR,
+        "source": {"type": "scores", "soundfont": "unused.sf2", "alt_soundfont": "unused.sf2"},
+        "split": {"test_works": 4, "minutes_per_domain": 1},
+        "domains": [{"name": d, "instrument": d, "low": 60, "high": 96} for d in domains],
+    }))
+    torch.manual_seed(0)
+    smoke_config.domains = domains
+    ckpt = tmp_path / "runs" / "smoke" / "checkpoints" / "best.pt"
+    save_checkpoint({"config": smoke_config.to_dict(), "model": UMTN(smoke_config).state_dict()},
+                    ckpt)
+    return tmp_path, manifest, ckpt
+
+
+def test_notebook_runs_under_papermill_with_demo_answers(smoke_study):
+    import papermill
+
+    tmp_path, manifest, ckpt = smoke_study
+    results = tmp_path / "results"
+    papermill.execute_notebook(
+        str(NOTEBOOK), str(tmp_path / "out.ipynb"), kernel_name="umt-study", cwd=str(REPO),
+        progress_bar=False,
+        parameters={"checkpoints": [str(ckpt)], "run_dir": "", "manifest": str(manifest),
+                    "source_clips": 1, "seconds_per_clip": 0.5, "n_trials": 4,
+                    "samples_to_show": 1, "results_dir": str(results)},
+    )
+    figures = json.loads((results / "04_listening_tests.json").read_text())
+    assert figures["listening_demo"] is True
+    assert figures["listening_answers_file"].endswith("DEMO_answers.csv")
+    assert "smoke-best_translation_success" in figures
+    assert "smoke-best_ground_truth_success" in figures
+    assert "classifier_heldout_accuracy" in figures and "latent_probe_accuracy" in figures
+    assert (results / "figures" / "04_success.png").is_file()
+    key = json.loads((results / "listening" / "stimuli" / "key.json").read_text())
+    assert {v["system"] for v in key["stimuli"].values()} == {"smoke-best", "ground_truth"}
+    out = (tmp_path / "out.ipynb").read_text()
+    assert "DEMO ANSWERS" in out and "<audio" in out
