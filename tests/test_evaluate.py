@@ -219,20 +219,16 @@ def test_model_signals_on_a_smoke_model(data, classifier, smoke_config):
     assert "Latent domain probe" in text and "translation" in text
 
 
-def test_evaluate_command_end_to_end(tmp_path, smoke_config, monkeypatch, capsys):
-    """`python -m umt_core evaluate` on a smoke model and a tiny dataset in the data layout."""
-    import json
-
+def write_smoke_study(root, cfg, domains):
+    """A tiny dataset in the data layout under `root`/data, its manifest (whose project
+    folder is `root`) and an untrained smoke checkpoint at runs/smoke/checkpoints/best.pt."""
     import yaml
 
-    from umt_core.__main__ import main
     from umt_core.checkpoint import save_checkpoint
     from umt_core.model import UMTN
 
-    monkeypatch.delenv("UMT_ROOT", raising=False)
-    domains = ["piano", "cello"]
-    write_dataset(tmp_path / "data" / "synth", domains)  # the manifest's project: tmp_path
-    manifest = tmp_path / "synth.yaml"
+    write_dataset(root / "data" / "synth", domains)
+    manifest = root / "synth.yaml"
     manifest.write_text(yaml.safe_dump({
         "dataset": "synth", "sample_rate": SR,
         "source": {"type": "scores", "soundfont": "unused.sf2", "alt_soundfont": "unused.sf2"},
@@ -240,10 +236,21 @@ def test_evaluate_command_end_to_end(tmp_path, smoke_config, monkeypatch, capsys
         "domains": [{"name": d, "instrument": d, "low": 36, "high": 96} for d in domains],
     }))
     torch.manual_seed(0)
-    smoke_config.domains = domains
-    model = UMTN(smoke_config)
-    ckpt = tmp_path / "smoke.pt"
-    save_checkpoint({"config": smoke_config.to_dict(), "model": model.state_dict()}, ckpt)
+    cfg.domains = list(domains)
+    ckpt = root / "runs" / "smoke" / "checkpoints" / "best.pt"
+    save_checkpoint({"config": cfg.to_dict(), "model": UMTN(cfg).state_dict()}, ckpt)
+    return manifest, ckpt
+
+
+def test_evaluate_command_end_to_end(tmp_path, smoke_config, monkeypatch, capsys):
+    """`python -m umt_core evaluate` on a smoke model and a tiny dataset in the data layout."""
+    import json
+
+    from umt_core.__main__ import main
+
+    monkeypatch.delenv("UMT_ROOT", raising=False)
+    domains = ["piano", "cello"]
+    manifest, ckpt = write_smoke_study(tmp_path, smoke_config, domains)
     out = tmp_path / "eval" / "metrics.json"
     rc = main(["evaluate", "--checkpoint", str(ckpt), "--manifest", str(manifest), "--clips", "1",
                "--seconds", "0.5", "--temperature", "0", "--json", str(out)])

@@ -6,10 +6,8 @@ import json
 
 import nbformat
 import pytest
-import torch
-import yaml
 from conftest import REPO
-from test_evaluate import SR, write_dataset
+from test_evaluate import write_smoke_study
 
 NOTEBOOK = REPO / "notebooks" / "04_listening_tests.ipynb"
 
@@ -29,24 +27,8 @@ def test_notebook_is_stored_without_outputs_and_has_one_parameters_cell():
 
 @pytest.fixture
 def smoke_study(tmp_path, smoke_config, monkeypatch):
-    from umt_core.checkpoint import save_checkpoint
-    from umt_core.model import UMTN
-
     monkeypatch.delenv("UMT_ROOT", raising=False)
-    domains = ["piano", "flute"]
-    write_dataset(tmp_path / "data" / "synth", domains)
-    manifest = tmp_path / "synth.yaml"
-    manifest.write_text(yaml.safe_dump({
-        "dataset": "synth", "sample_rate": SR,
-        "source": {"type": "scores", "soundfont": "unused.sf2", "alt_soundfont": "unused.sf2"},
-        "split": {"test_works": 4, "minutes_per_domain": 1},
-        "domains": [{"name": d, "instrument": d, "low": 60, "high": 96} for d in domains],
-    }))
-    torch.manual_seed(0)
-    smoke_config.domains = domains
-    ckpt = tmp_path / "runs" / "smoke" / "checkpoints" / "best.pt"
-    save_checkpoint({"config": smoke_config.to_dict(), "model": UMTN(smoke_config).state_dict()},
-                    ckpt)
+    manifest, ckpt = write_smoke_study(tmp_path, smoke_config, ["piano", "flute"])
     return tmp_path, manifest, ckpt
 
 
