@@ -339,6 +339,29 @@ def test_nan_batch_and_spikes_are_skipped_and_persistent_divergence_rolls_back(
         cfg.train.lr * cfg.train.rollback_lr_factor)
 
 
+def test_validation_back_at_uniform_output_rolls_back(tmp_path, data, monkeypatch):
+    from umt_core.train import LN_256, Trainer
+
+    values = iter([3.0, 2.5, LN_256 - 0.01])  # learned, learned, then noise
+
+    def validate(self):
+        v = next(values)
+        return {name: v for name in self.domains}, 0.5
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+    cfg = smoke(**{"train.steps_per_epoch": 2})
+    summary = train(cfg, tmp_path, train_data=data, steps=6, progress=False)
+    events = read_metrics(tmp_path / "metrics.jsonl")
+    div = [e for e in events if e["event"] == "divergence"]
+    assert len(div) == 1 and div[0]["step"] == 6 and "ln 256" in div[0]["reason"]
+    assert div[0]["rolled_back_to_step"] == 4
+    assert summary["best_val"] == 2.5 and summary["rollbacks"] == 1
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert best["step"] == 4 and last["step"] == 6
+    assert _same(best["model"], last["model"])  # the weights of step 4, kept going from step 6
+
+
 # --------------------------------------------------------------------------- distributed
 def test_two_gloo_processes_equal_one_process(tmp_path):
     script = _script(tmp_path)

@@ -782,6 +782,7 @@ def _run(cfg: Config, run_dir: Path, train_data, val_data, augment, ctx: _Dist,
     target = int(steps) if steps is not None else tc.epochs * tc.steps_per_epoch
     if resume:
         trainer.load_state(state)
+        trainer.saved_step = trainer.step
         files.truncate_metrics(trainer.step)
     ctx.broadcast_module(trainer.model)
     files.open()
