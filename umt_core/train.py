@@ -910,7 +910,8 @@ def launch_distributed(preset_name: str, manifest: str | Path, run_dir: str | Pa
 def register_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train (or resume) a model; torchrun-compatible")
     p.add_argument("--preset", default="cpu", help="config preset: smoke, cpu or paper")
-    p.add_argument("--manifest", default="data_manifests/scores.yaml")
+    p.add_argument("--manifest", default="data_manifests/scores.yaml",
+                   help="dataset manifest, prepared with `prep` (default: %(default)s)")
     p.add_argument("--run-dir", required=True, help="e.g. runs/cpu-scores")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--steps", type=int, help="train until this many steps in total")
@@ -918,7 +919,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fresh", action="store_true", help="discard the run directory's run")
     p.add_argument("-o", "--override", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="config override, e.g. -o train.lr=1e-4 (repeatable)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cli)
 
 
