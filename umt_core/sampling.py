@@ -192,7 +192,11 @@ class PitchShiftAugmenter:
         if self.method == "librosa":
             import librosa
 
-            out = librosa.effects.pitch_shift(audio, sr=self.sample_rate, n_steps=semitones)
+            # librosa's default window (2048) unless the sub-segment is shorter than that
+            # (small presets): then the largest power of two that fits.
+            n_fft = 2048 if len(audio) >= 2048 else max(16, 1 << (len(audio).bit_length() - 1))
+            out = librosa.effects.pitch_shift(audio, sr=self.sample_rate, n_steps=semitones,
+                                              n_fft=n_fft, hop_length=n_fft // 4)
         else:
             import torchaudio.functional as AF
 
