@@ -88,18 +88,28 @@ def test_incremental_logits_equal_forward_paper_shape(paper_decoder, method):
 
 
 @pytest.mark.skipif(not HAVE_CPP, reason="no C++ compiler")
-@pytest.mark.parametrize("threads", [2, 4])
-def test_cpp_rows_split_across_threads(threads):
-    """Rows of several decoders split over threads (a split inside a decoder's rows)."""
+@pytest.mark.parametrize(("residual", "skip", "batch", "threads"), [
+    (8, 8, 2, 2),     # rows split across threads, one split inside a decoder's rows
+    (8, 8, 2, 4),
+    (16, 24, 2, 2),   # few rows: threads share every matmul's output panels
+    (32, 24, 1, 3),   # uneven panel shares, one member without skip panels
+    (16, 16, 5, 2),   # many rows again: split by rows
+])
+def test_cpp_threads_equal_eager(residual, skip, batch, threads):
     cfg = smoke_model_config()
+    cfg.residual_channels, cfg.skip_channels = residual, skip
     decs = decoders(cfg, 3)
-    codes = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(3))
-    z = torch.randn(2, cfg.latent_channels, 2)
+    codes = torch.randint(0, 256, (batch, 40), generator=torch.Generator().manual_seed(3))
+    z = torch.randn(batch, cfg.latent_channels, 2)
     ref = teacher_forced_logits(decs, z, codes, method="eager")
     inc = IncrementalDecoder(decs, z, 40, method="cpp")
     inc.step.threads = threads
     _, logits = inc.run(40, forced=codes, return_logits=True)
     torch.testing.assert_close(logits, ref, atol=1e-4, rtol=0)
+    sampled = IncrementalDecoder(decs, z, 40, method="cpp")
+    sampled.step.threads = threads
+    eager = generate(decs, z, 40, seed=2, method="eager")
+    assert torch.equal(sampled.run(40, generator=torch.Generator().manual_seed(2))[0], eager)
 
 
 @pytest.mark.skipif(not HAVE_CPP, reason="no C++ compiler")

@@ -401,10 +401,11 @@ class _Chunk(ctypes.Structure):
         ("uniforms", ctypes.c_void_p), ("forced", ctypes.c_void_p),
         ("inv_temperature", ctypes.c_float), ("greedy", ctypes.c_int64),
         ("out_codes", ctypes.c_void_p), ("out_logits", ctypes.c_void_p),
+        ("share_panels", ctypes.c_int64), ("report", ctypes.c_void_p),
     ]
 
 
-_ABI_VERSION = 1
+_ABI_VERSION = 2
 _kernel_lock = threading.Lock()
 _kernel: ctypes.CDLL | None = None
 _kernel_error: str | None = None
@@ -521,7 +522,11 @@ class CppStep:
             raise ValueError("the C++ generation kernel runs on the CPU only")
         lay = state.layout
         self.lib, self.state, self.D = lib, state, len(decoders)
-        self.threads = threads  # None: torch.get_num_threads(); rows are split among them
+        self.threads = threads  # None: torch.get_num_threads()
+        # With few rows the threads share each matmul's outputs, synchronising at every
+        # layer; on a busy machine that stalls, the kernel gives it up, and so do we.
+        self.share_panels = True
+        self.report = torch.zeros(2, dtype=torch.long)
         self.B = state.rows // self.D
         bf16 = precision == "bfloat16"
         w = stack_weights(decoders)
@@ -568,11 +573,14 @@ class CppStep:
             inputs=ptr(st.inputs), uniforms=ptr(uniforms), forced=ptr(forced),
             inv_temperature=c.inv_temperature, greedy=int(uniforms is None and forced is None),
             out_codes=ptr(codes), out_logits=ptr(logits),
+            share_panels=int(self.share_panels), report=ptr(self.report),
         )
         if not (st.ring.is_contiguous() and st.inputs.is_contiguous()):
             raise ValueError("generation state must be contiguous")
         if self.lib.umt_run_chunk(ctypes.byref(self.weights), ctypes.byref(chunk)) != 0:
             raise RuntimeError("the C++ generation kernel failed (out of memory?)")
+        if self.report[1]:
+            self.share_panels = False
         st.t += n
         return codes, logits
 
@@ -583,7 +591,9 @@ CPP_SOURCE = r"""// Incremental WaveNet decoding on the CPU: the whole per-sampl
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <thread>
 #include <vector>
 #if defined(__AVX2__) && defined(__FMA__)
@@ -628,6 +638,8 @@ struct UmtChunk {
   int64_t greedy;
   int64_t* out_codes;         // (rows, steps)
   float* out_logits;          // (rows, steps, 256) or null
+  int64_t share_panels;       // 1: threads may share the matmuls of few rows; 0: never
+  int64_t* report;            // out: [threads shared panels, sharing was given up]
 };
 }
 
@@ -762,13 +774,13 @@ void gemm(int64_t rows, const float* A, int64_t lda, int64_t K, const W* P, int6
   }
 }
 
-// g[c] = sigmoid(h[c]) * tanh(h[R + c])
-inline void gate(const float* h, int64_t R, float* g) {
-  int64_t c = 0;
+// The gate for channels [c0, c1) only.
+inline void gate_part(const float* h, int64_t R, int64_t c0, int64_t c1, float* g) {
+  int64_t c = c0;
 #ifdef UMT_AVX2
   const __m256 one = _mm256_set1_ps(1.0f), two = _mm256_set1_ps(2.0f);
   const __m256 sign = _mm256_set1_ps(-0.0f);
-  for (; c + 8 <= R; c += 8) {
+  for (; c + 8 <= c1; c += 8) {
     __m256 a = _mm256_loadu_ps(h + c), b = _mm256_loadu_ps(h + R + c);
     __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_xor_ps(a, sign))));
     __m256 e = exp8(_mm256_mul_ps(b, _mm256_set1_ps(-2.0f)));
@@ -776,8 +788,11 @@ inline void gate(const float* h, int64_t R, float* g) {
     _mm256_storeu_ps(g + c, _mm256_mul_ps(s, t));
   }
 #endif
-  for (; c < R; ++c) g[c] = std::tanh(h[R + c]) / (1.0f + std::exp(-h[c]));
+  for (; c < c1; ++c) g[c] = std::tanh(h[R + c]) / (1.0f + std::exp(-h[c]));
 }
+
+// g[c] = sigmoid(h[c]) * tanh(h[R + c])
+inline void gate(const float* h, int64_t R, float* g) { gate_part(h, R, 0, R, g); }
 
 // Next code from 256 logits: greedy = first arg max; otherwise inverse CDF of
 // softmax(logits / T) at u (cumulative sums in double, as torch.cumsum on CPU).
@@ -802,9 +817,63 @@ int64_t pick(const float* logits, bool greedy, float u, float inv_t, float* e) {
   return code;
 }
 
-// Rows [row0, row1) of the D*B streams, all steps of the chunk.
+// A spinning barrier for the threads of a team. A wait that spins too long yields
+// the core and counts as slow: the team then gives up sharing (see team_run).
+class Barrier {
+ public:
+  explicit Barrier(int64_t n) : n_(n) {}
+  void wait() {
+    const int64_t gen = gen_.load(std::memory_order_acquire);
+    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+      count_.store(0, std::memory_order_relaxed);
+      gen_.fetch_add(1, std::memory_order_acq_rel);
+      return;
+    }
+    for (int64_t spins = 0; gen_.load(std::memory_order_acquire) == gen; ++spins) {
+      if (spins < 4000) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+      } else {
+        if (spins == 4000) slow_.fetch_add(1, std::memory_order_relaxed);
+        std::this_thread::yield();
+      }
+    }
+  }
+  int64_t generations() const { return gen_.load(std::memory_order_acquire); }
+  int64_t slow() const { return slow_.load(std::memory_order_relaxed); }
+
+ private:
+  const int64_t n_;
+  std::atomic<int64_t> count_{0}, gen_{0}, slow_{0};
+};
+
+// Runs of consecutive rows that share a decoder (and so its weights).
+struct Group { int64_t first, rows, dec; };  // first: index within the team's rows
+
+// Rows [row0, row1) of the D*B streams, for every step of the chunk, computed by a
+// team of `size` threads. With one thread it owns everything. With several, each
+// computes a share of every matmul's output panels for all the rows (so each reads
+// only its share of the weights), the gate of its channels and the sampling of its
+// share of the rows; barriers separate the stages that read what others wrote.
+struct Team {
+  Team(int64_t r0, int64_t r1, int64_t n_threads) : row0(r0), row1(r1), size(n_threads), bar(n_threads) {}
+  int64_t row0, row1, size;
+  Barrier bar;
+  std::atomic<bool> solo{false};  // set when sharing turned out slow: member 0 goes on alone
+  std::vector<Group> groups;
+  std::vector<float> acc, g, hh, lg;  // shared: [residual | skip], gate, fc output, logits
+  std::vector<std::vector<float>> A, h, scratch;  // per member: conv input, conv output
+};
+
+// [begin, end) of `n` items for member j of `size`.
+inline void share(int64_t n, int64_t j, int64_t size, int64_t* begin, int64_t* end) {
+  *begin = n * j / size;
+  *end = n * (j + 1) / size;
+}
+
 template <typename W>
-void run_rows(const UmtWeights& w, const UmtChunk& c, int64_t row0, int64_t row1) {
+void team_run(const UmtWeights& w, const UmtChunk& c, Team& tm, int64_t j) {
   const int64_t R = w.residual, S = w.skip, KK = w.kernel, L = w.layers;
   const int64_t Pc = w.conv_panels, Po = w.out_panels, Ps = w.skip_panels;
   const int64_t accw = std::max(Po * 16, R + Ps * 16);  // [residual | skip | padding]
@@ -815,85 +884,136 @@ void run_rows(const UmtWeights& w, const UmtChunk& c, int64_t row0, int64_t row1
   const W* out_p = static_cast<const W*>(w.out_p);
   const W* fc_p = static_cast<const W*>(w.fc_p);
   const W* logit_p = static_cast<const W*>(w.logit_p);
-  const int64_t n = row1 - row0;
+  int64_t P = tm.size;
+  float* acc = tm.acc.data();
+  float* g = tm.g.data();
+  float* hh = tm.hh.data();
+  float* lg = tm.lg.data();
+  std::vector<float>& A = tm.A[j];
+  std::vector<float>& h = tm.h[j];
+  std::vector<float>& scratch = tm.scratch[j];
 
-  // Runs of consecutive rows that share a decoder (and so its weights).
-  struct Group { int64_t first, rows, dec; };  // first: index within [row0, row1)
-  std::vector<Group> groups;
-  for (int64_t r = row0; r < row1;) {
-    const int64_t dec = r / c.batch, end = std::min(row1, (dec + 1) * c.batch);
-    groups.push_back({r - row0, end - r, dec});
-    r = end;
-  }
-  std::vector<float> acc(n * accw, 0.0f), A(n * aw, 0.0f), h(n * hw, 0.0f), g(n * R, 0.0f),
-      hh(n * hhw, 0.0f), lg(n * kClasses, 0.0f), scratch(kClasses, 0.0f);
+  // This member's output panels. Conv panels come in pairs (sigmoid half, tanh half of
+  // the same channels) so that the gate needs no other member's output; a team of
+  // several threads is only formed when R is a multiple of 16.
+  int64_t half, c0, c1, o0, o1, s0, s1, l0, l1;
+  auto reshare = [&]() {
+    half = P > 1 ? R / 16 : Pc;
+    share(half, j, P, &c0, &c1);
+    share(Po, j, P, &o0, &o1);
+    share(Ps, j, P, &s0, &s1);
+    share(16, j, P, &l0, &l1);
+  };
+  reshare();
+  auto sync = [&]() { if (P > 1) tm.bar.wait(); };
 
   for (int64_t i = 0; i < c.steps; ++i) {
+    if (P > 1 && i % 8 == 0 && i > 0) {
+      // On a busy machine a member is often descheduled and every barrier waits for
+      // it; then sharing costs more than it gives, and member 0 continues alone.
+      if (j == 0 && tm.bar.slow() * 50 > tm.bar.generations()) tm.solo = true;
+      tm.bar.wait();
+      if (tm.solo) {
+        if (j > 0) return;
+        P = 1;
+        reshare();
+      }
+    }
     const int64_t t = c.t0 + i, f = c.frame_of_step[i];
-    for (const Group& gr : groups) {
-      // First causal conv (1 input channel) and its skip projection.
+    for (const Group& gr : tm.groups) {
+      int64_t r0, r1;  // this member's rows of the group
+      share(gr.rows, j, P, &r0, &r1);
+      float* a0 = acc + gr.first * accw;
+      float* A0 = A.data() + gr.first * aw;
+      float* h0 = h.data() + gr.first * hw;
+      float* g0 = g + gr.first * R;
+      float* hh0 = hh + gr.first * hhw;
+      float* lg0 = lg + gr.first * kClasses;
+
+      // First causal conv (one input channel), then its skip projection.
       const float* fw = w.first_w + gr.dec * KK * R;
       const float* fb = w.first_b + gr.dec * R;
-      float* a0 = acc.data() + gr.first * accw;
-      for (int64_t r = 0; r < gr.rows; ++r) {
-        const float* x = c.inputs + (row0 + gr.first + r) * KK;
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* x = c.inputs + (tm.row0 + gr.first + r) * KK;
         float* a = a0 + r * accw;
         for (int64_t ch = 0; ch < R; ++ch) {
           float s = fb[ch];
-          for (int64_t j = 0; j < KK; ++j) s += fw[j * R + ch] * x[j];
+          for (int64_t k = 0; k < KK; ++k) s += fw[k * R + ch] * x[k];
           a[ch] = s;
         }
         std::memcpy(a + R, w.skip0_b + gr.dec * hhw, hhw * sizeof(float));
       }
-      gemm<W>(gr.rows, a0, accw, R, skip0_p + gr.dec * Ps * R * 16, Ps, a0 + R, accw);
+      sync();
+      gemm<W>(gr.rows, a0, accw, R, skip0_p + (gr.dec * Ps + s0) * R * 16, s1 - s0,
+              a0 + R + s0 * 16, accw);
 
       for (int64_t l = 0; l < L; ++l) {
         const int64_t off = c.ring_offset[l], len = c.ring_length[l], dil = c.dilation[l];
         const int64_t wslot = t % len, dl = gr.dec * L + l;
-        float* A0 = A.data() + gr.first * aw;
-        float* h0 = h.data() + gr.first * hw;
-        float* g0 = g.data() + gr.first * R;
+        const W* cp = conv_p + dl * Pc * KK * R * 16;
         for (int64_t r = 0; r < gr.rows; ++r) {
-          const int64_t row = row0 + gr.first + r;
-          float* ring = c.ring + (row * c.ring_total + off) * R;
-          const float* a = a0 + r * accw;
+          const int64_t row = tm.row0 + gr.first + r;
+          const float* ring = c.ring + (row * c.ring_total + off) * R;
           float* Ar = A0 + r * aw;
-          for (int64_t j = 0; j + 1 < KK; ++j) {
-            const int64_t slot = (((t - (KK - 1 - j) * dil) % len) + len) % len;
-            std::memcpy(Ar + j * R, ring + slot * R, R * sizeof(float));
+          for (int64_t k = 0; k + 1 < KK; ++k) {
+            const int64_t slot = (((t - (KK - 1 - k) * dil) % len) + len) % len;
+            std::memcpy(Ar + k * R, ring + slot * R, R * sizeof(float));
           }
-          std::memcpy(Ar + (KK - 1) * R, a, R * sizeof(float));
-          std::memcpy(ring + wslot * R, a, R * sizeof(float));
-          std::memcpy(h0 + r * hw, c.cond + ((row * c.frames + f) * L + l) * 2 * R,
-                      2 * R * sizeof(float));
+          std::memcpy(Ar + (KK - 1) * R, a0 + r * accw, R * sizeof(float));
+          const float* cond = c.cond + ((row * c.frames + f) * L + l) * 2 * R;
+          float* hr = h0 + r * hw;
+          if (P == 1) {
+            std::memcpy(hr, cond, 2 * R * sizeof(float));
+          } else {
+            std::memcpy(hr + c0 * 16, cond + c0 * 16, (c1 - c0) * 16 * sizeof(float));
+            std::memcpy(hr + R + c0 * 16, cond + R + c0 * 16, (c1 - c0) * 16 * sizeof(float));
+          }
         }
-        gemm<W>(gr.rows, A0, aw, KK * R, conv_p + dl * Pc * KK * R * 16, Pc, h0, hw);
+        if (P == 1) {
+          gemm<W>(gr.rows, A0, aw, KK * R, cp, Pc, h0, hw);
+          for (int64_t r = 0; r < gr.rows; ++r) gate(h0 + r * hw, R, g0 + r * R);
+        } else {
+          gemm<W>(gr.rows, A0, aw, KK * R, cp + c0 * KK * R * 16, c1 - c0, h0 + c0 * 16, hw);
+          gemm<W>(gr.rows, A0, aw, KK * R, cp + (half + c0) * KK * R * 16, c1 - c0,
+                  h0 + R + c0 * 16, hw);
+          for (int64_t r = 0; r < gr.rows; ++r)
+            gate_part(h0 + r * hw, R, c0 * 16, c1 * 16, g0 + r * R);
+        }
+        sync();  // the gate is complete, and every member has read the ring
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t row = tm.row0 + gr.first + r;
+          std::memcpy(c.ring + (row * c.ring_total + off + wslot) * R, A0 + r * aw + (KK - 1) * R,
+                      R * sizeof(float));
+        }
         const float* ob = w.out_b + dl * Po * 16;
         for (int64_t r = 0; r < gr.rows; ++r) {
-          gate(h0 + r * hw, R, g0 + r * R);
           float* a = a0 + r * accw;
-          for (int64_t ch = 0; ch < Po * 16; ++ch) a[ch] += ob[ch];
+          for (int64_t ch = o0 * 16; ch < o1 * 16; ++ch) a[ch] += ob[ch];
         }
-        gemm<W>(gr.rows, g0, R, R, out_p + dl * Po * R * 16, Po, a0, accw);
+        gemm<W>(gr.rows, g0, R, R, out_p + (dl * Po + o0) * R * 16, o1 - o0, a0 + o0 * 16, accw);
+        sync();  // the residual is complete
       }
 
       // Head: relu -> fc (+ conditioning) -> relu -> logits; then the next code.
-      float* A0 = A.data() + gr.first * aw;
-      float* hh0 = hh.data() + gr.first * hhw;
-      float* lg0 = lg.data() + gr.first * kClasses;
       for (int64_t r = 0; r < gr.rows; ++r) {
-        const int64_t row = row0 + gr.first + r;
+        const int64_t row = tm.row0 + gr.first + r;
         for (int64_t ch = 0; ch < S; ++ch) A0[r * aw + ch] = std::max(a0[r * accw + R + ch], 0.0f);
-        std::memcpy(hh0 + r * hhw, c.head + (row * c.frames + f) * S, S * sizeof(float));
+        std::memcpy(hh0 + r * hhw + s0 * 16, c.head + (row * c.frames + f) * S + s0 * 16,
+                    (std::min(S, s1 * 16) - std::min(S, s0 * 16)) * sizeof(float));
+        for (int64_t ch = std::max(S, s0 * 16); ch < s1 * 16; ++ch) hh0[r * hhw + ch] = 0.0f;
       }
-      gemm<W>(gr.rows, A0, aw, S, fc_p + gr.dec * Ps * S * 16, Ps, hh0, hhw);
+      gemm<W>(gr.rows, A0, aw, S, fc_p + (gr.dec * Ps + s0) * S * 16, s1 - s0, hh0 + s0 * 16, hhw);
+      sync();
       for (int64_t r = 0; r < gr.rows; ++r) {
         for (int64_t ch = 0; ch < S; ++ch) A0[r * aw + ch] = std::max(hh0[r * hhw + ch], 0.0f);
-        std::memcpy(lg0 + r * kClasses, w.logit_b + gr.dec * kClasses, kClasses * sizeof(float));
+        std::memcpy(lg0 + r * kClasses + l0 * 16, w.logit_b + gr.dec * kClasses + l0 * 16,
+                    (l1 - l0) * 16 * sizeof(float));
       }
-      gemm<W>(gr.rows, A0, aw, S, logit_p + gr.dec * 16 * S * 16, 16, lg0, kClasses);
-      for (int64_t r = 0; r < gr.rows; ++r) {
-        const int64_t row = row0 + gr.first + r;
+      gemm<W>(gr.rows, A0, aw, S, logit_p + (gr.dec * 16 + l0) * S * 16, l1 - l0,
+              lg0 + l0 * 16, kClasses);
+      sync();
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t row = tm.row0 + gr.first + r;
         const float* logits = lg0 + r * kClasses;
         if (c.out_logits)
           std::memcpy(c.out_logits + (row * c.steps + i) * kClasses, logits,
@@ -907,7 +1027,7 @@ void run_rows(const UmtWeights& w, const UmtChunk& c, int64_t row0, int64_t row1
         }
         c.out_codes[row * c.steps + i] = code;
         float* x = c.inputs + row * KK;
-        for (int64_t j = 0; j + 1 < KK; ++j) x[j] = x[j + 1];
+        for (int64_t k = 0; k + 1 < KK; ++k) x[k] = x[k + 1];
         x[KK - 1] = static_cast<float>(code) / 255.0f - 0.5f;
       }
     }
@@ -918,27 +1038,66 @@ void run_rows(const UmtWeights& w, const UmtChunk& c, int64_t row0, int64_t row1
 
 extern "C" int umt_run_chunk(const UmtWeights* w, const UmtChunk* c) {
   const int64_t rows = w->decoders * c->batch;
-  const int64_t n = std::max<int64_t>(1, std::min<int64_t>(c->threads, rows));
-  std::atomic<int> failed{0};
-  auto body = [&](int64_t u) {
-    try {
-      const int64_t r0 = rows * u / n, r1 = rows * (u + 1) / n;
-      if (w->bf16) run_rows<bf16>(*w, *c, r0, r1);
-      else run_rows<float>(*w, *c, r0, r1);
-    } catch (...) {
-      failed = 1;
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(c->threads, 64));
+  // Few rows per thread: one team shares every matmul's panels (each thread reads a
+  // share of the weights). Many rows: one thread per share of the rows.
+  const bool panels = c->share_panels && threads > 1 && w->residual % 16 == 0 &&
+                      rows < kMaxTile * threads;
+  const int64_t teams = panels ? 1 : std::min(threads, rows);
+  const int64_t members = panels ? threads : 1;
+  std::vector<std::unique_ptr<Team>> team;
+  try {  // every buffer is allocated here: the workers themselves cannot fail
+    const int64_t R = w->residual, S = w->skip, KK = w->kernel;
+    const int64_t Ps = w->skip_panels, Po = w->out_panels, Pc = w->conv_panels;
+    const int64_t accw = std::max(Po * 16, R + Ps * 16), aw = std::max({KK * R, R, S});
+    for (int64_t u = 0; u < teams; ++u) {
+      int64_t r0, r1;
+      share(rows, u, teams, &r0, &r1);
+      auto tm = std::make_unique<Team>(r0, r1, members);
+      for (int64_t r = r0; r < r1;) {
+        const int64_t dec = r / c->batch, end = std::min(r1, (dec + 1) * c->batch);
+        tm->groups.push_back({r - r0, end - r, dec});
+        r = end;
+      }
+      const int64_t n = r1 - r0;
+      tm->acc.assign(n * accw, 0.0f);
+      tm->g.assign(n * R, 0.0f);
+      tm->hh.assign(n * Ps * 16, 0.0f);
+      tm->lg.assign(n * kClasses, 0.0f);
+      tm->A.assign(members, std::vector<float>(n * aw, 0.0f));
+      tm->h.assign(members, std::vector<float>(n * Pc * 16, 0.0f));
+      tm->scratch.assign(members, std::vector<float>(kClasses, 0.0f));
+      team.push_back(std::move(tm));
     }
+  } catch (...) {
+    return 1;
+  }
+  // Workers wait for every thread to exist before starting (a team whose member
+  // could not be started must not run: the others would wait at a barrier forever).
+  std::atomic<int> go{0};
+  auto body = [&](int64_t u, int64_t j) {
+    while (go.load(std::memory_order_acquire) == 0) std::this_thread::yield();
+    if (go.load(std::memory_order_acquire) < 0) return;
+    if (w->bf16) team_run<bf16>(*w, *c, *team[u], j);
+    else team_run<float>(*w, *c, *team[u], j);
   };
   std::vector<std::thread> workers;
+  int status = 0;
   try {
-    for (int64_t u = 1; u < n; ++u) workers.emplace_back(body, u);
+    for (int64_t k = 1; k < teams * members; ++k)
+      workers.emplace_back(body, k / members, k % members);
   } catch (...) {
-    failed = 1;
+    status = 1;
   }
-  body(0);
+  go.store(status ? -1 : 1, std::memory_order_release);
+  if (!status) body(0, 0);
   for (auto& th : workers) th.join();
-  return failed.load();
+  if (c->report) {
+    c->report[0] = panels;
+    c->report[1] = panels && team[0]->solo.load();
+  }
+  return status;
 }
 
-extern "C" int umt_abi_version() { return 1; }
+extern "C" int umt_abi_version() { return 2; }
 """
