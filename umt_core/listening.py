@@ -294,7 +294,8 @@ class ListeningTest:
         self.preference = w.ToggleButtons(options=[("Clip A is better", "A"),
                                                    ("Clip B is better", "B")], value=None,
                                           description="Which clip is better?", style=style)
-        self.button = w.Button(description="Submit and continue", button_style="primary")
+        self.button = w.Button(description="Submit and continue", button_style="primary",
+                               layout=w.Layout(width="auto"))
         self.status = w.HTML()
         self.button.on_click(self._on_submit)
         self.questions = w.VBox([self.instrument, self.mos, self.preference, self.button])
