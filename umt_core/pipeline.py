@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import logging
 import os
 import re
 import subprocess
@@ -274,6 +275,9 @@ def _execute(nb: NotebookRun, nb_dir: Path, out_dir: Path, root: Path, progress:
     out = out_dir / f"{nb.stem}.ipynb"
     for stale in (out, out_dir / f"{nb.stem}.html", out_dir / f"{nb.stem}.json"):
         stale.unlink(missing_ok=True)
+    # papermill's own reading of the parameters cell warns about comments it cannot parse;
+    # the parameters were already read (`declared_parameters`), so keep the log for errors.
+    logging.getLogger("papermill.translators").setLevel(logging.ERROR)
     t0 = time.perf_counter()
     try:
         papermill.execute_notebook(

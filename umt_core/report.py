@@ -4,6 +4,7 @@ provenance recorded, and the index pages of results/<run>/ and results/<experime
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
 import hashlib
 import html
 import importlib.metadata
@@ -186,7 +187,7 @@ table { border-collapse: collapse; margin: .5em 0; } td, th { padding: .25em .8e
 th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .ok { color: #1a7f37; } .failed { color: #c62828; font-weight: bold; } .muted { color: #777; }
 pre { background: #f6f6f6; padding: .7em; overflow-x: auto; font-size: 13px; }
-code { font-size: 13px; }
+code { font-size: 13px; } summary { cursor: pointer; color: #555; }
 """
 
 
@@ -199,14 +200,57 @@ def _fmt(value: Any) -> str:
 
 
 def _table(headers: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
-    head = "".join(f"<th>{h}</th>" for h in headers)
+    head = "<tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr>" if headers else ""
     body = "".join(
         "<tr>" + "".join(
             f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>"
             for i, c in enumerate(row)) + "</tr>"
         for row in rows
     )
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<table>{head}{body}</table>"
+
+
+# What each notebook is, for the index page.
+NOTEBOOK_TITLES = {
+    "01_data_prep": "the dataset: durations, spectrograms, every instrument playing the same notes",
+    "02_train": "training: loss curves, validation, the divergence guard's events",
+    "03_loss_analysis": "loss analysis: spikes, restarts, divergence, best epoch",
+    "04_listening_tests": "translations to listen to, objective metrics, listening test",
+}
+
+# The figures the index page shows first (patterns, per notebook); every figure follows
+# in a folded table. 04's figures are prefixed by the model's name.
+HEADLINES = {
+    "01_data_prep": ("dataset", "domains", "total_minutes", "prep_seconds"),
+    "02_train": ("steps", "epochs", "wall_seconds", "best_val_recon", "final_val_classifier_acc",
+                 "skipped_steps", "rollbacks"),
+    "03_loss_analysis": ("runs", "spikes", "divergent_runs", "restarted_runs"),
+    "04_listening_tests": ("*_translation_success", "*_translation_classified_as_target",
+                           "*_translation_chroma", "*_translation_wave_corr",
+                           "*_ground_truth_success", "latent_probe_accuracy",
+                           "latent_probe_chance", "latent_use_gap", "listening_demo"),
+}
+
+
+def headline_figures(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The key figures that match HEADLINES, in the notebook's own order."""
+    out = {}
+    for stem, figures in metrics.items():
+        patterns = HEADLINES.get(stem, ())
+        chosen = {k: v for k, v in figures.items()
+                  if any(fnmatch.fnmatchcase(k, pat) for pat in patterns)}
+        if chosen:
+            out[stem] = chosen
+    return out
+
+
+def _figure_rows(metrics: dict[str, dict[str, Any]]) -> list[list[str]]:
+    e = html.escape
+    return [
+        [e(stem) if i == 0 else "", e(key), e(_fmt(value))]
+        for stem, figures in metrics.items()
+        for i, (key, value) in enumerate(figures.items())
+    ]
 
 
 def index_html(report: StudyReport) -> str:
@@ -224,20 +268,22 @@ def index_html(report: StudyReport) -> str:
             if (out / f"{nb.stem}{ext}").exists()
         ) or '<span class="muted">-</span>'
         secs = "" if nb.seconds is None else f"{nb.seconds:.1f}"
-        nb_rows.append([e(nb.stem), f'<span class="{nb.status.replace(" ", "-")}">{nb.status}</span>',
+        nb_rows.append([e(nb.stem), e(NOTEBOOK_TITLES.get(nb.stem, "")),
+                        f'<span class="{nb.status.replace(" ", "-")}">{nb.status}</span>',
                         secs, links])
 
-    fig_rows = [
-        [e(stem) if i == 0 else "", e(key), e(_fmt(value))]
-        for stem, figures in report.metrics.items()
-        for i, (key, value) in enumerate(figures.items())
-    ]
+    headline = headline_figures(report.metrics)
+    fig_rows = _figure_rows(headline or report.metrics)
+    all_rows = _figure_rows(report.metrics) if headline else []
     git = p.get("git", {})
     commit = git.get("commit") or "not a git checkout"
     if git.get("dirty"):
         commit += " + uncommitted changes"
     lock = p.get("manifest_lock", {})
     dev = p.get("device", {})
+    details = "" if not all_rows else (
+        "<details><summary>Every key figure</summary>"
+        + _table(["notebook", "figure", "value"], all_rows, numeric={2}) + "</details>")
     prov_rows = [
         ["git commit", e(commit)],
         ["preset", e(report.preset)],
@@ -271,14 +317,15 @@ def index_html(report: StudyReport) -> str:
 status <span class="{status}">{status}</span>.
 Each notebook below was executed by papermill; its page embeds its figures and audio.</p>
 <h2>Notebooks</h2>
-{_table(["notebook", "status", "wall time (s)", "open"], nb_rows, numeric={2})}
+{_table(["notebook", "", "status", "wall time (s)", "open"], nb_rows, numeric={3})}
 {failures}
 <h2>Summary</h2>
 {_table(["notebook", "figure", "value"], fig_rows, numeric={2}) if fig_rows
  else '<p class="muted">No figures recorded.</p>'}
+{details}
 {f"<p>Problems:</p><ul>{problems}</ul>" if problems else ""}
 <h2>Provenance</h2>
-{_table(["", ""], prov_rows)}
+{_table([], prov_rows)}
 <h2>Parameters</h2>
 <table>{params}</table>
 <p class="muted">Machine-readable: <a href="metrics.json">metrics.json</a>,
