@@ -295,12 +295,15 @@ def translate(model: UMTN, audio, sample_rate: int, targets, *, temperature: flo
               chunk: int | None = None) -> dict:
     """Translate audio to each target domain (name or index).
 
-    `audio` is a 1-D float array at `sample_rate`, or a list of them (translated as one
-    batch: each clip is zero-padded to the longest and its outputs trimmed back).
+    `audio` is a 1-D float array at `sample_rate`, or a list of them or a 2-D array
+    (translated as one batch: each clip is zero-padded to the longest and its outputs
+    trimmed back).
     Returns {target name: array} (or {target name: [array per clip]}) at the model's
     sample rate, or at `output_rate`; each output has the input's duration, in samples
     exactly when the rates agree. `seconds` keeps only the first seconds of each clip.
     """
+    if (torch.is_tensor(audio) or isinstance(audio, np.ndarray)) and audio.ndim == 2:
+        audio = list(audio)  # (clips, samples): a batch
     single = not isinstance(audio, (list, tuple))
     clips = [_as_clip(a, i) for i, a in enumerate([audio] if single else audio)]
     if not clips:
@@ -481,7 +484,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
         for label, method, _ in columns:
             if args.samples:
                 per[label] = args.samples
-            elif method == "eager":
+            elif method == "eager" or (method == "torch" and device.type == "cpu"):
                 per[label] = int(min(max(4096 // b, 128), 1024))
             else:
                 per[label] = int(min(max(16384 // b, 512), 4096))

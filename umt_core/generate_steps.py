@@ -342,7 +342,7 @@ class TorchStep:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                for _ in range(2):
+                for _ in range(min(2, self.max_steps)):
                     self._step(mode, want_logits)
             torch.cuda.current_stream().wait_stream(side)
             for x, s in zip((st.ring, st.inputs, self.t, self.i, self.codes), saved):
