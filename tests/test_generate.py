@@ -88,17 +88,19 @@ def test_incremental_logits_equal_forward_paper_shape(paper_decoder, method):
 
 
 @pytest.mark.skipif(not HAVE_CPP, reason="no C++ compiler")
-@pytest.mark.parametrize(("residual", "skip", "batch", "threads"), [
-    (8, 8, 2, 2),     # rows split across threads, one split inside a decoder's rows
-    (8, 8, 2, 4),
-    (16, 24, 2, 2),   # few rows: threads share every matmul's output panels
-    (32, 24, 1, 3),   # uneven panel shares, one member without skip panels
-    (16, 16, 5, 2),   # many rows again: split by rows
+@pytest.mark.parametrize(("residual", "skip", "n_dec", "batch", "threads"), [
+    (8, 8, 3, 2, 2),     # rows split across threads, one split inside a decoder's rows
+    (8, 8, 3, 2, 4),
+    (16, 24, 3, 2, 2),   # few rows: threads share every matmul's output panels
+    (32, 24, 3, 1, 3),   # uneven panel shares, one member without skip panels
+    (16, 16, 3, 5, 2),   # many rows again: split by rows
+    (8, 16, 3, 13, 1),   # several row tiles per decoder
+    (16, 8, 1, 8, 2),    # threads sharing panels, two row tiles
 ])
-def test_cpp_threads_equal_eager(residual, skip, batch, threads):
+def test_cpp_threads_equal_eager(residual, skip, n_dec, batch, threads):
     cfg = smoke_model_config()
     cfg.residual_channels, cfg.skip_channels = residual, skip
-    decs = decoders(cfg, 3)
+    decs = decoders(cfg, n_dec)
     codes = torch.randint(0, 256, (batch, 40), generator=torch.Generator().manual_seed(3))
     z = torch.randn(batch, cfg.latent_channels, 2)
     ref = teacher_forced_logits(decs, z, codes, method="eager")
@@ -106,6 +108,8 @@ def test_cpp_threads_equal_eager(residual, skip, batch, threads):
     inc.step.threads = threads
     _, logits = inc.run(40, forced=codes, return_logits=True)
     torch.testing.assert_close(logits, ref, atol=1e-4, rtol=0)
+    shared = threads > 1 and residual % 16 == 0 and n_dec * batch < 6 * threads
+    assert bool(inc.step.report[0]) == shared  # the case covers what it says
     sampled = IncrementalDecoder(decs, z, 40, method="cpp")
     sampled.step.threads = threads
     eager = generate(decs, z, 40, seed=2, method="eager")

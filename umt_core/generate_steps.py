@@ -677,7 +677,10 @@ inline void tile(const float* A, int64_t lda, int64_t K, const W* P, int64_t ps,
 #pragma GCC unroll 8
     for (int p = 0; p < NP; ++p) {
       const W* w = P + p * ps + k * 16;
-      const __m256 w0 = load8(w), w1 = load8(w + 8);
+      __m256 w0 = load8(w), w1 = load8(w + 8);
+      // Short tiles: keep each weight vector in a register for all rows (otherwise the
+      // compiler folds one load per row into the FMAs, and loads become the limit).
+      if constexpr (MR <= 4) __asm__("" : "+x"(w0), "+x"(w1));
 #pragma GCC unroll 8
       for (int r = 0; r < MR; ++r) {
         const __m256 a = _mm256_broadcast_ss(A + r * lda + k);
@@ -743,7 +746,6 @@ void block(int64_t m, const float* A, int64_t lda, int64_t K, const W* P, int64_
       for (; p < np; ++p) tile<2, 1>(A, lda, K, P + p * ps, ps, C + p * 16, ldc);
       break;
     case 3:
-      for (; p + 2 <= np; p += 2) tile<3, 2>(A, lda, K, P + p * ps, ps, C + p * 16, ldc);
       for (; p < np; ++p) tile<3, 1>(A, lda, K, P + p * ps, ps, C + p * 16, ldc);
       break;
     case 4:
@@ -758,17 +760,37 @@ void block(int64_t m, const float* A, int64_t lda, int64_t K, const W* P, int64_
   }
 }
 
-// C[rows][16*np] += A[rows][K] * panels. Blocks of 4 panels (64 outputs) outside,
-// tiles of <= kMaxTile rows inside: each block of weights is read from memory once
+// Relative time of a tile of m rows per panel (m / GMAC/s measured on a Zen 3 core):
+// tiles of 5-6 rows are the most efficient per row, tiles of 1-2 the cheapest alone.
+constexpr int64_t kTileCost[kMaxTile + 1] = {0, 43, 48, 81, 103, 101, 120};
+
+// Tile boundaries for `rows` rows with the lowest total cost (a small dynamic program).
+std::vector<int64_t> plan_tiles(int64_t rows) {
+  std::vector<int64_t> best(rows + 1, 0), last(rows + 1, 0);
+  for (int64_t n = 1; n <= rows; ++n) {
+    best[n] = -1;
+    for (int64_t m = 1; m <= std::min(n, kMaxTile); ++m) {
+      const int64_t cost = best[n - m] + kTileCost[m];
+      if (best[n] < 0 || cost < best[n]) best[n] = cost, last[n] = m;
+    }
+  }
+  std::vector<int64_t> bounds{rows};
+  for (int64_t n = rows; n > 0; n -= last[n]) bounds.push_back(n - last[n]);
+  std::reverse(bounds.begin(), bounds.end());
+  return bounds;  // 0 = b[0] < b[1] < ... < b[k] = rows
+}
+
+// C[rows][16*np] += A[rows][K] * panels, rows tiled as `bounds`. Blocks of 4 panels
+// (64 outputs) outside, tiles inside: each block of weights is read from memory once
 // and reused from cache by every tile.
 template <typename W>
-void gemm(int64_t rows, const float* A, int64_t lda, int64_t K, const W* P, int64_t np,
-          float* C, int64_t ldc) {
-  const int64_t ps = K * 16, nt = (rows + kMaxTile - 1) / kMaxTile;
+void gemm(const std::vector<int64_t>& bounds, const float* A, int64_t lda, int64_t K,
+          const W* P, int64_t np, float* C, int64_t ldc) {
+  const int64_t ps = K * 16;
   for (int64_t p0 = 0; p0 < np; p0 += 4) {
     const int64_t nb = std::min<int64_t>(4, np - p0);
-    for (int64_t i = 0; i < nt; ++i) {
-      const int64_t r = rows * i / nt, m = rows * (i + 1) / nt - r;
+    for (size_t i = 0; i + 1 < bounds.size(); ++i) {
+      const int64_t r = bounds[i], m = bounds[i + 1] - r;
       block<W>(m, A + r * lda, lda, K, P + p0 * ps, nb, C + r * ldc + p0 * 16, ldc);
     }
   }
@@ -849,7 +871,10 @@ class Barrier {
 };
 
 // Runs of consecutive rows that share a decoder (and so its weights).
-struct Group { int64_t first, rows, dec; };  // first: index within the team's rows
+struct Group {
+  int64_t first, rows, dec;     // first: index within the team's rows
+  std::vector<int64_t> tiles;  // tile boundaries of the group's rows (plan_tiles)
+};
 
 // Rows [row0, row1) of the D*B streams, for every step of the chunk, computed by a
 // team of `size` threads. With one thread it owns everything. With several, each
@@ -944,7 +969,7 @@ void team_run(const UmtWeights& w, const UmtChunk& c, Team& tm, int64_t j) {
         std::memcpy(a + R, w.skip0_b + gr.dec * hhw, hhw * sizeof(float));
       }
       sync();
-      gemm<W>(gr.rows, a0, accw, R, skip0_p + (gr.dec * Ps + s0) * R * 16, s1 - s0,
+      gemm<W>(gr.tiles, a0, accw, R, skip0_p + (gr.dec * Ps + s0) * R * 16, s1 - s0,
               a0 + R + s0 * 16, accw);
 
       for (int64_t l = 0; l < L; ++l) {
@@ -970,11 +995,11 @@ void team_run(const UmtWeights& w, const UmtChunk& c, Team& tm, int64_t j) {
           }
         }
         if (P == 1) {
-          gemm<W>(gr.rows, A0, aw, KK * R, cp, Pc, h0, hw);
+          gemm<W>(gr.tiles, A0, aw, KK * R, cp, Pc, h0, hw);
           for (int64_t r = 0; r < gr.rows; ++r) gate(h0 + r * hw, R, g0 + r * R);
         } else {
-          gemm<W>(gr.rows, A0, aw, KK * R, cp + c0 * KK * R * 16, c1 - c0, h0 + c0 * 16, hw);
-          gemm<W>(gr.rows, A0, aw, KK * R, cp + (half + c0) * KK * R * 16, c1 - c0,
+          gemm<W>(gr.tiles, A0, aw, KK * R, cp + c0 * KK * R * 16, c1 - c0, h0 + c0 * 16, hw);
+          gemm<W>(gr.tiles, A0, aw, KK * R, cp + (half + c0) * KK * R * 16, c1 - c0,
                   h0 + R + c0 * 16, hw);
           for (int64_t r = 0; r < gr.rows; ++r)
             gate_part(h0 + r * hw, R, c0 * 16, c1 * 16, g0 + r * R);
@@ -990,7 +1015,7 @@ void team_run(const UmtWeights& w, const UmtChunk& c, Team& tm, int64_t j) {
           float* a = a0 + r * accw;
           for (int64_t ch = o0 * 16; ch < o1 * 16; ++ch) a[ch] += ob[ch];
         }
-        gemm<W>(gr.rows, g0, R, R, out_p + (dl * Po + o0) * R * 16, o1 - o0, a0 + o0 * 16, accw);
+        gemm<W>(gr.tiles, g0, R, R, out_p + (dl * Po + o0) * R * 16, o1 - o0, a0 + o0 * 16, accw);
         sync();  // the residual is complete
       }
 
@@ -1002,14 +1027,14 @@ void team_run(const UmtWeights& w, const UmtChunk& c, Team& tm, int64_t j) {
                     (std::min(S, s1 * 16) - std::min(S, s0 * 16)) * sizeof(float));
         for (int64_t ch = std::max(S, s0 * 16); ch < s1 * 16; ++ch) hh0[r * hhw + ch] = 0.0f;
       }
-      gemm<W>(gr.rows, A0, aw, S, fc_p + (gr.dec * Ps + s0) * S * 16, s1 - s0, hh0 + s0 * 16, hhw);
+      gemm<W>(gr.tiles, A0, aw, S, fc_p + (gr.dec * Ps + s0) * S * 16, s1 - s0, hh0 + s0 * 16, hhw);
       sync();
       for (int64_t r = 0; r < gr.rows; ++r) {
         for (int64_t ch = 0; ch < S; ++ch) A0[r * aw + ch] = std::max(hh0[r * hhw + ch], 0.0f);
         std::memcpy(lg0 + r * kClasses + l0 * 16, w.logit_b + gr.dec * kClasses + l0 * 16,
                     (l1 - l0) * 16 * sizeof(float));
       }
-      gemm<W>(gr.rows, A0, aw, S, logit_p + (gr.dec * 16 + l0) * S * 16, l1 - l0,
+      gemm<W>(gr.tiles, A0, aw, S, logit_p + (gr.dec * 16 + l0) * S * 16, l1 - l0,
               lg0 + l0 * 16, kClasses);
       sync();
       for (int64_t r = r0; r < r1; ++r) {
@@ -1056,7 +1081,7 @@ extern "C" int umt_run_chunk(const UmtWeights* w, const UmtChunk* c) {
       auto tm = std::make_unique<Team>(r0, r1, members);
       for (int64_t r = r0; r < r1;) {
         const int64_t dec = r / c->batch, end = std::min(r1, (dec + 1) * c->batch);
-        tm->groups.push_back({r - r0, end - r, dec});
+        tm->groups.push_back({r - r0, end - r, dec, plan_tiles(end - r)});
         r = end;
       }
       const int64_t n = r1 - r0;
