@@ -25,6 +25,17 @@ def test_notebook_is_stored_without_outputs_and_has_one_parameters_cell():
             assert cell.outputs == [] and cell.execution_count is None
 
 
+def test_papermill_reads_every_parameter():
+    import ast
+
+    import papermill
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assigned = {t.id for node in ast.parse(cell.source).body for t in node.targets}
+    assert set(papermill.inspect_notebook(str(NOTEBOOK))) == assigned
+
+
 @pytest.fixture
 def smoke_study(tmp_path, smoke_config, monkeypatch):
     monkeypatch.delenv("UMT_ROOT", raising=False)
