@@ -65,3 +65,26 @@ def test_state_dict_keys_unchanged_by_fast_path():
     fw.recon_loss_sum(model.decoders[0], torch.zeros(1, 64, dtype=torch.long),
                       fw.fast_encode(model.encoder, torch.zeros(1, 64, dtype=torch.long))).backward()
     assert list(model.state_dict()) == keys
+
+
+def test_fast_path_under_bf16_autocast_gives_fp32_gradients_close_to_fp32():
+    """The GPU recipe (bf16 autocast) exercised on CPU: same code path, loose tolerance."""
+    model = _model()
+    codes = torch.randint(0, 256, (2, 256), generator=torch.Generator().manual_seed(3))
+
+    def grads(autocast: bool):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            z = fw.fast_encode(model.encoder, codes)
+            loss = fw.recon_loss_sum(model.decoders[0], codes, z)
+        loss.backward()
+        return loss.detach(), _grads(model)
+
+    l32, g32 = grads(False)
+    l16, g16 = grads(True)
+    assert abs(float(l16 - l32)) / float(l32) < 1e-2
+    assert g16.keys() == g32.keys()
+    for k in g32:
+        assert g16[k].dtype == torch.float32
+        cos = F.cosine_similarity(g16[k].flatten(), g32[k].flatten(), dim=0)
+        assert cos > 0.95, (k, float(cos))

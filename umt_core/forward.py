@@ -69,10 +69,57 @@ def _shift(x: torch.Tensor, offset: int) -> torch.Tensor:
     return F.pad(x, (0, 0, 0, offset))[:, offset:]
 
 
+def _taps(x: torch.Tensor, offsets: list[int]) -> torch.Tensor:
+    """(B, T, C) -> (B, T, k*C): the k shifted copies of x side by side."""
+    return torch.cat([_shift(x, o) for o in offsets], dim=-1)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+
+
+class _TapLinear(torch.autograd.Function):
+    """``linear(taps(x), w, b)`` that keeps x for the backward pass, not its k shifted
+    copies (they are rebuilt there): the same products, 1/k of the activation memory.
+    Follows autocast explicitly (computes in its dtype, returns gradients in the inputs')."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, offsets):
+        dtype = _compute_dtype(x)
+        with torch.autocast(x.device.type, enabled=False):
+            xc, wc, bc = x.to(dtype), w.to(dtype), b.to(dtype)
+            out = F.linear(_taps(xc, offsets), wc, bc)
+        ctx.offsets = offsets
+        ctx.dtypes = (x.dtype, w.dtype, b.dtype)
+        ctx.save_for_backward(xc, wc)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        xc, wc = ctx.saved_tensors
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
+        with torch.autocast(xc.device.type, enabled=False):
+            grad = grad.to(wc.dtype)
+            flat = grad.reshape(-1, grad.shape[-1])
+            taps = _taps(xc, ctx.offsets)
+            grad_w = flat.t() @ taps.reshape(-1, taps.shape[-1])
+            del taps
+            grad_b = flat.sum(0, dtype=torch.float32)
+            grad_taps = grad @ wc
+            ch = xc.shape[-1]
+            grad_x = None
+            for j, offset in enumerate(ctx.offsets):
+                part = _shift(grad_taps[..., j * ch:(j + 1) * ch], -offset)
+                grad_x = part if grad_x is None else grad_x + part
+        return grad_x.to(x_dtype), grad_w.to(w_dtype), grad_b.to(b_dtype), None
+
+
 def _conv(x: torch.Tensor, conv: nn.Conv1d, offsets: list[int]) -> torch.Tensor:
     """A Conv1d whose tap j reads x[t + offsets[j]], as one matrix product."""
-    taps = x if offsets == [0] else torch.cat([_shift(x, o) for o in offsets], dim=-1)
-    return F.linear(taps, _matrix(conv), conv.bias)
+    if offsets == [0]:
+        return F.linear(x, _matrix(conv), conv.bias)
+    return _TapLinear.apply(x, _matrix(conv), conv.bias, offsets)
 
 
 def _same_offsets(conv: nn.Conv1d) -> list[int]:
