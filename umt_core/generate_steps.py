@@ -29,6 +29,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import warnings
@@ -96,7 +97,10 @@ class State:
     def __init__(self, layout: Layout, rows: int, device: torch.device | str = "cpu"):
         self.layout = layout
         self.rows = rows
-        self.ring = torch.zeros(rows, max(layout.total, 1), layout.residual, device=device)
+        self.ring = torch.empty(rows, max(layout.total, 1), layout.residual, device=device)
+        if self.ring.device.type == "cpu":
+            _advise_huge_pages(self.ring)
+        self.ring.zero_()
         self.inputs = torch.zeros(rows, layout.kernel, device=device)
         self.t = 0  # samples generated so far
 
@@ -105,6 +109,23 @@ class State:
         other.layout, other.rows, other.t = self.layout, self.rows, self.t
         other.ring, other.inputs = self.ring.clone(), self.inputs.clone()
         return other
+
+
+def _advise_huge_pages(t: torch.Tensor) -> None:
+    """Ask Linux for 2 MiB pages under a large, not yet touched CPU tensor: every step
+    reads one slot of every layer's ring buffer, scattered over hundreds of MiB, and
+    with 4 KiB pages nearly each of those reads also misses the TLB."""
+    size = t.numel() * t.element_size()
+    huge = 2 << 20
+    if size < 4 * huge or not sys.platform.startswith("linux"):
+        return
+    start = -(-t.data_ptr() // huge) * huge
+    length = (t.data_ptr() + size - start) // huge * huge
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), 14)  # MADV_HUGEPAGE
+    except (OSError, AttributeError):
+        pass
 
 
 def scaled(codes: torch.Tensor) -> torch.Tensor:
@@ -667,12 +688,12 @@ inline __m256 load8(const bf16* p) {
 // C[MR][16*NP] += A[MR][K] * panels; `ps` = elements per panel.
 template <int MR, int NP, typename W>
 inline void tile(const float* A, int64_t lda, int64_t K, const W* P, int64_t ps, float* C,
-                 int64_t ldc) {
+                 int64_t ldc, const float* C0, int64_t ldc0) {
   __m256 acc[MR][2 * NP];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 8
-    for (int j = 0; j < 2 * NP; ++j) acc[r][j] = _mm256_loadu_ps(C + r * ldc + 8 * j);
+    for (int j = 0; j < 2 * NP; ++j) acc[r][j] = _mm256_loadu_ps(C0 + r * ldc0 + 8 * j);
   for (int64_t k = 0; k < K; ++k) {
 #pragma GCC unroll 8
     for (int p = 0; p < NP; ++p) {
@@ -715,11 +736,11 @@ inline __m256 exp8(__m256 x) {
 #else
 template <int MR, int NP, typename W>
 inline void tile(const float* A, int64_t lda, int64_t K, const W* P, int64_t ps, float* C,
-                 int64_t ldc) {
+                 int64_t ldc, const float* C0, int64_t ldc0) {
   for (int r = 0; r < MR; ++r)
     for (int p = 0; p < NP; ++p) {
       float acc[16];
-      for (int c = 0; c < 16; ++c) acc[c] = C[r * ldc + 16 * p + c];
+      for (int c = 0; c < 16; ++c) acc[c] = C0[r * ldc0 + 16 * p + c];
       const W* w = P + p * ps;
       for (int64_t k = 0; k < K; ++k) {
         const float a = A[r * lda + k];
@@ -730,34 +751,37 @@ inline void tile(const float* A, int64_t lda, int64_t K, const W* P, int64_t ps,
 }
 #endif
 
-// C[m][16*np] += A[m][K] * panels, for m <= kMaxTile rows.
+// C[m][16*np] = C0[m][16*np] + A[m][K] * panels, for m <= kMaxTile rows (C0 may be C).
 template <typename W>
 void block(int64_t m, const float* A, int64_t lda, int64_t K, const W* P, int64_t np, float* C,
-           int64_t ldc) {
+           int64_t ldc, const float* C0, int64_t ldc0) {
   const int64_t ps = K * 16;
   int64_t p = 0;
+#define UMT_TILE(MR, NP) \
+  tile<MR, NP>(A, lda, K, P + p * ps, ps, C + p * 16, ldc, C0 + p * 16, ldc0)
   switch (m) {
     case 1:
-      for (; p + 4 <= np; p += 4) tile<1, 4>(A, lda, K, P + p * ps, ps, C + p * 16, ldc);
-      for (; p < np; ++p) tile<1, 1>(A, lda, K, P + p * ps, ps, C + p * 16, ldc);
+      for (; p + 4 <= np; p += 4) UMT_TILE(1, 4);
+      for (; p < np; ++p) UMT_TILE(1, 1);
       break;
     case 2:
-      for (; p + 2 <= np; p += 2) tile<2, 2>(A, lda, K, P + p * ps, ps, C + p * 16, ldc);
-      for (; p < np; ++p) tile<2, 1>(A, lda, K, P + p * ps, ps, C + p * 16, ldc);
+      for (; p + 2 <= np; p += 2) UMT_TILE(2, 2);
+      for (; p < np; ++p) UMT_TILE(2, 1);
       break;
     case 3:
-      for (; p < np; ++p) tile<3, 1>(A, lda, K, P + p * ps, ps, C + p * 16, ldc);
+      for (; p < np; ++p) UMT_TILE(3, 1);
       break;
     case 4:
-      for (; p < np; ++p) tile<4, 1>(A, lda, K, P + p * ps, ps, C + p * 16, ldc);
+      for (; p < np; ++p) UMT_TILE(4, 1);
       break;
     case 5:
-      for (; p < np; ++p) tile<5, 1>(A, lda, K, P + p * ps, ps, C + p * 16, ldc);
+      for (; p < np; ++p) UMT_TILE(5, 1);
       break;
     default:
-      for (; p < np; ++p) tile<6, 1>(A, lda, K, P + p * ps, ps, C + p * 16, ldc);
+      for (; p < np; ++p) UMT_TILE(6, 1);
       break;
   }
+#undef UMT_TILE
 }
 
 // Relative time of a tile of m rows per panel (m / GMAC/s measured on a Zen 3 core):
@@ -783,15 +807,19 @@ std::vector<int64_t> plan_tiles(int64_t rows) {
 // C[rows][16*np] += A[rows][K] * panels, rows tiled as `bounds`. Blocks of 4 panels
 // (64 outputs) outside, tiles inside: each block of weights is read from memory once
 // and reused from cache by every tile.
+// With C0, the sums start from C0 (row stride ldc0) instead of C's own values.
 template <typename W>
 void gemm(const std::vector<int64_t>& bounds, const float* A, int64_t lda, int64_t K,
-          const W* P, int64_t np, float* C, int64_t ldc) {
+          const W* P, int64_t np, float* C, int64_t ldc, const float* C0 = nullptr,
+          int64_t ldc0 = 0) {
   const int64_t ps = K * 16;
+  if (!C0) C0 = C, ldc0 = ldc;
   for (int64_t p0 = 0; p0 < np; p0 += 4) {
     const int64_t nb = std::min<int64_t>(4, np - p0);
     for (size_t i = 0; i + 1 < bounds.size(); ++i) {
       const int64_t r = bounds[i], m = bounds[i + 1] - r;
-      block<W>(m, A + r * lda, lda, K, P + p0 * ps, nb, C + r * ldc + p0 * 16, ldc);
+      block<W>(m, A + r * lda, lda, K, P + p0 * ps, nb, C + r * ldc + p0 * 16, ldc,
+               C0 + r * ldc0 + p0 * 16, ldc0);
     }
   }
 }
@@ -976,8 +1004,17 @@ void team_run(const UmtWeights& w, const UmtChunk& c, Team& tm, int64_t j) {
         const int64_t off = c.ring_offset[l], len = c.ring_length[l], dil = c.dilation[l];
         const int64_t wslot = t % len, dl = gr.dec * L + l;
         const W* cp = conv_p + dl * Pc * KK * R * 16;
+        // The conv sums start from the layer's conditioning, read in place when its rows
+        // are whole panels (2R a multiple of 16), else copied first.
+        const bool in_place = (2 * R) % 16 == 0;
+        const int64_t row_first = tm.row0 + gr.first;
+        const float* cond0 = c.cond + ((row_first * c.frames + f) * L + l) * 2 * R;
+        const int64_t ldcond = c.frames * L * 2 * R;
+        const bool next = l + 1 < L;
+        const int64_t noff = next ? c.ring_offset[l + 1] : 0, nlen = next ? c.ring_length[l + 1] : 1;
+        const int64_t nslot = next ? (((t - c.dilation[l + 1]) % nlen) + nlen) % nlen : 0;
         for (int64_t r = 0; r < gr.rows; ++r) {
-          const int64_t row = tm.row0 + gr.first + r;
+          const int64_t row = row_first + r;
           const float* ring = c.ring + (row * c.ring_total + off) * R;
           float* Ar = A0 + r * aw;
           for (int64_t k = 0; k + 1 < KK; ++k) {
@@ -985,22 +1022,23 @@ void team_run(const UmtWeights& w, const UmtChunk& c, Team& tm, int64_t j) {
             std::memcpy(Ar + k * R, ring + slot * R, R * sizeof(float));
           }
           std::memcpy(Ar + (KK - 1) * R, a0 + r * accw, R * sizeof(float));
-          const float* cond = c.cond + ((row * c.frames + f) * L + l) * 2 * R;
-          float* hr = h0 + r * hw;
-          if (P == 1) {
-            std::memcpy(hr, cond, 2 * R * sizeof(float));
-          } else {
-            std::memcpy(hr + c0 * 16, cond + c0 * 16, (c1 - c0) * 16 * sizeof(float));
-            std::memcpy(hr + R + c0 * 16, cond + R + c0 * 16, (c1 - c0) * 16 * sizeof(float));
+          if (next) {  // the next layer's nearest tap, from memory while this layer computes
+            const char* p = reinterpret_cast<const char*>(
+                c.ring + (row * c.ring_total + noff + nslot) * R);
+            for (int64_t b = 0; b < R * 4; b += 64) __builtin_prefetch(p + b);
           }
+          if (!in_place) std::memcpy(h0 + r * hw, cond0 + r * ldcond, 2 * R * sizeof(float));
         }
+        const float* init = in_place ? cond0 : h0;
+        const int64_t ldinit = in_place ? ldcond : hw;
         if (P == 1) {
-          gemm<W>(gr.tiles, A0, aw, KK * R, cp, Pc, h0, hw);
+          gemm<W>(gr.tiles, A0, aw, KK * R, cp, Pc, h0, hw, init, ldinit);
           for (int64_t r = 0; r < gr.rows; ++r) gate(h0 + r * hw, R, g0 + r * R);
         } else {
-          gemm<W>(gr.tiles, A0, aw, KK * R, cp + c0 * KK * R * 16, c1 - c0, h0 + c0 * 16, hw);
+          gemm<W>(gr.tiles, A0, aw, KK * R, cp + c0 * KK * R * 16, c1 - c0, h0 + c0 * 16, hw,
+                  init + c0 * 16, ldinit);
           gemm<W>(gr.tiles, A0, aw, KK * R, cp + (half + c0) * KK * R * 16, c1 - c0,
-                  h0 + R + c0 * 16, hw);
+                  h0 + R + c0 * 16, hw, init + R + c0 * 16, ldinit);
           for (int64_t r = 0; r < gr.rows; ++r)
             gate_part(h0 + r * hw, R, c0 * 16, c1 * 16, g0 + r * R);
         }
