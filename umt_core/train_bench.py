@@ -1,25 +1,24 @@
 """``python -m umt_core bench train``: seconds per training step, audio samples/s and
-peak memory of the reference-exact eager step and of the step `umt_core.train` runs,
+memory of the reference-exact eager step and of the step `umt_core.train` runs,
 measured in the same run, plus a check that both compute the same losses and
 gradients.
 
 A step here is the reference's unit of work: one batch of ``--batch`` segments of
 ``--segment`` samples from one domain, a classifier update and an encoder+decoder
-update. Each path is timed in its own child process (so its peak memory is its
-own); the equality check runs in this process on the same initial weights.
+update. The two paths alternate step by step (after one warm-up step each), so on a
+shared machine both see the same load; the medians are reported. Memory: the bytes of
+activations each path keeps for its backward pass (counted exactly, with saved-tensor
+hooks, during its warm-up step), the process's peak resident memory, and on CUDA the
+peak allocated memory of each path's steps.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
+import contextlib
 import os
 import resource
 import statistics
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,9 +33,10 @@ from .model import UMTN
 from .sampling import DomainAudio
 
 PATHS = {
-    "reference": "reference eager: conditioning at audio rate, separate residual/skip convs",
-    "optimized": "umt_core.train: time-major matrix products, per-frame conditioning, "
-                 "fused residual+skip",
+    "reference": "eager, as the reference: conditioning 1x1 convs at audio rate, separate "
+                 "residual/skip convs, backward through the encoder in the classifier update",
+    "optimized": "umt_core.train's step: time-major matrix products, conditioning per latent "
+                 "frame, one residual+skip product, detached latent for the classifier",
 }
 
 
@@ -83,97 +83,91 @@ def reference_step(model: UMTN, opt_model, opt_clf, clean, aug, domain: int, cfg
     return float(recon.detach())
 
 
-def _optimized_runner(cfg: Config):
-    """A `Trainer` without a run directory (an inactive run writes nothing)."""
+def _reference_runner(cfg: Config, device: torch.device, clean, aug):
+    torch.manual_seed(cfg.train.seed)
+    model = UMTN(cfg).to(device).train()
+    params = list(model.encoder.parameters()) + list(model.decoders.parameters())
+    opt_model = torch.optim.Adam(params, lr=cfg.train.lr)
+    opt_clf = torch.optim.Adam(model.domain_classifier.parameters(), lr=cfg.train.lr)
+    count = [0]
+
+    def step() -> None:
+        reference_step(model, opt_model, opt_clf, clean, aug, count[0] % len(cfg.domains), cfg)
+        count[0] += 1
+
+    return step, None
+
+
+def _optimized_runner(cfg: Config, device: torch.device, clean, aug):
+    """`umt_core.train.Trainer.train_step` (a trainer without a run directory)."""
     from .train import Trainer, _Dist, _RunFiles
 
     data = [DomainAudio(n, [np.zeros(cfg.train.segment_samples, np.float32)], [n])
             for n in cfg.domains]
     nowhere = Path(os.devnull)
     files = _RunFiles(nowhere, active=False, progress=False, on_event=None)
-    return Trainer(cfg, nowhere, data, data, None, _Dist(), files)
+    trainer = Trainer(cfg, nowhere, data, data, None, _Dist(), files)
+
+    def step() -> None:
+        trainer.train_step([(trainer.step_domains(trainer.step)[0], clean, aug)])
+
+    return step, trainer
 
 
 # --------------------------------------------------------------------------- measuring
-class _PeakRSS:
-    """Samples this process's resident memory while a block runs (CPU)."""
+@contextlib.contextmanager
+def _count_saved_bytes(out: list[int]):
+    """Bytes of distinct storages autograd saves for backward inside the block."""
+    storages: dict[int, int] = {}
 
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._page = os.sysconf("SC_PAGE_SIZE")
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        storages[s.data_ptr()] = s.nbytes()
+        return t
 
-    def _rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self._page
-
-    def __enter__(self):
-        self.peak = self._rss()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, self._rss())
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss(),
-                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield
+    out.append(sum(storages.values()))
 
 
-def measure(path: str, preset_name: str, domains: int, batch: int, segment: int, repeats: int,
-            device_name: str) -> dict[str, Any]:
-    """Time `repeats` steps (after one warm-up step) of one path in this process."""
+def measure(preset_name: str, domains: int, batch: int, segment: int, repeats: int,
+            device_name: str) -> dict[str, dict[str, Any]]:
+    """Alternate steps of both paths; per path: step times, activation bytes, CUDA peak."""
     device = _device(device_name)
     cfg = _config(preset_name, domains, batch, segment)
     clean, aug = _codes(batch, segment, device)
-    if path == "reference":
-        torch.manual_seed(cfg.train.seed)
-        model = UMTN(cfg).to(device).train()
-        params = list(model.encoder.parameters()) + list(model.decoders.parameters())
-        opt_model = torch.optim.Adam(params, lr=cfg.train.lr)
-        opt_clf = torch.optim.Adam(model.domain_classifier.parameters(), lr=cfg.train.lr)
-        counter = {"step": 0}
+    runners = {"reference": _reference_runner(cfg, device, clean, aug),
+               "optimized": _optimized_runner(cfg, device, clean, aug)}
+    results: dict[str, dict[str, Any]] = {p: {"times": [], "cuda_peak": 0} for p in runners}
 
-        def step() -> None:
-            d = counter["step"] % domains
-            reference_step(model, opt_model, opt_clf, clean, aug, d, cfg)
-            counter["step"] += 1
-    else:
-        trainer = _optimized_runner(cfg)
-
-        def step() -> None:
-            d = trainer.step_domains(trainer.step)[0]
-            trainer.train_step([(d, clean, aug)])
-
-    def sync() -> None:
+    def timed(path: str) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        runners[path][0]()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            results[path]["cuda_peak"] = max(results[path]["cuda_peak"],
+                                             torch.cuda.max_memory_allocated())
+        return time.perf_counter() - t0
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    with _PeakRSS() as rss:
-        for i in range(repeats + 1):
-            sync()
-            t0 = time.perf_counter()
-            step()
-            sync()
-            if i > 0:  # the first step pays one-time costs
-                times.append(time.perf_counter() - t0)
-    out = {"path": path, "seconds_per_step": statistics.median(times), "times": times,
-           "samples_per_s": batch * segment / statistics.median(times),
-           "peak_rss_bytes": rss.peak, "device": str(device),
-           "bf16": device.type == "cuda" and cfg.train.bf16 and path == "optimized",
-           "threads": torch.get_num_threads()}
-    if path == "optimized":
-        out["skipped"] = trainer.n_skipped
-    if device.type == "cuda":
-        out["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
-    return out
+    for path in runners:  # warm-up (one-time costs), counting what backward keeps
+        saved: list[int] = []
+        with _count_saved_bytes(saved):
+            timed(path)
+        results[path]["activation_bytes"] = saved[0]
+    for _ in range(repeats):
+        for path in runners:
+            results[path]["times"].append(timed(path))
+    for path, r in results.items():
+        r["seconds_per_step"] = statistics.median(r["times"])
+        r["samples_per_s"] = batch * segment / r["seconds_per_step"]
+        r["bf16"] = device.type == "cuda" and cfg.train.bf16 and path == "optimized"
+        trainer = runners[path][1]
+        if trainer is not None:
+            r["skipped"] = trainer.n_skipped
+    return results
 
 
 def check_equal(preset_name: str, domains: int, batch: int, segment: int,
@@ -205,16 +199,7 @@ def check_equal(preset_name: str, domains: int, batch: int, segment: int,
             "max_grad_rel_diff": rel}
 
 
-# --------------------------------------------------------------------------- entry points
-def _child(path: str, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "umt_core.train_bench", path, args.preset, str(args.domains),
-           str(args.batch), str(args.segment), str(args.repeats), args.device]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"benchmark of the {path} path failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
+# --------------------------------------------------------------------------- entry point
 def _mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
@@ -224,39 +209,38 @@ def run_benchmark(args: argparse.Namespace) -> int:
     batch = args.batch
     if device.type == "cuda" and batch < 32:
         print(f"note: on CUDA the figure of interest is --batch 32 (bf16); running {batch}")
-    print(f"bench train: preset {args.preset}, {batch} x {args.segment} samples of one domain "
-          f"per step ({args.domains} decoders), {device}"
-          f"{'' if device.type == 'cuda' else f', fp32, {torch.get_num_threads()} threads'}, "
-          f"median of {args.repeats} steps after one warm-up", flush=True)
-    rows = [_child(path, args) for path in PATHS]
-    print(f"{'path':<11} {'s/step':>8} {'samples/s':>10} {'peak memory':>14}")
-    for r in rows:
-        mem = r.get("peak_cuda_bytes", r["peak_rss_bytes"])
-        kind = "CUDA" if "peak_cuda_bytes" in r else "RSS"
-        print(f"{r['path']:<11} {r['seconds_per_step']:>8.3f} {r['samples_per_s']:>10,.0f} "
-              f"{_mib(mem):>10} {kind}{'  (bf16)' if r['bf16'] else ''}")
+    where = (f"{torch.cuda.get_device_name(device)}" if device.type == "cuda"
+             else f"cpu, fp32, {torch.get_num_threads()} threads")
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    print(f"bench train: preset {args.preset}, {batch} x {args.segment} samples of one domain per "
+          f"step ({args.domains} decoders), {where}{load}; the paths alternate, median of "
+          f"{args.repeats} steps each after one warm-up step", flush=True)
+    rows = measure(args.preset, args.domains, batch, args.segment, args.repeats, args.device)
+    cuda = device.type == "cuda"
+    head = f"{'path':<10} {'s/step':>8} {'samples/s':>10} {'activations':>12}"
+    print(head + (f" {'peak CUDA':>12}" if cuda else ""))
+    for path, r in rows.items():
+        line = (f"{path:<10} {r['seconds_per_step']:>8.3f} {r['samples_per_s']:>10,.0f} "
+                f"{_mib(r['activation_bytes']):>12}")
+        if cuda:
+            line += f" {_mib(r['cuda_peak']):>12}"
+        print(line + ("  bf16" if r["bf16"] else ""))
     for path, what in PATHS.items():
         print(f"  {path}: {what}")
-    speedup = rows[0]["seconds_per_step"] / rows[1]["seconds_per_step"]
-    print(f"speed-up of optimized over reference eager: {speedup:.2f}x", flush=True)
+    ref, opt = rows["reference"], rows["optimized"]
+    print(f"step times (s): reference {[round(t, 3) for t in ref['times']]}, optimized "
+          f"{[round(t, 3) for t in opt['times']]}")
+    print(f"process peak resident memory: "
+          f"{_mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}")
+    print(f"speed-up of optimized over reference: "
+          f"{ref['seconds_per_step'] / opt['seconds_per_step']:.2f}x", flush=True)
     check = check_equal(args.preset, args.domains, batch, args.segment, args.device)
     ok = check["recon_loss_abs_diff"] < 1e-4 and check["max_grad_rel_diff"] < 1e-3
     print(f"equality (fp32, same weights and batch): recon loss {check['recon_loss_reference']:.6f}"
           f" vs {check['recon_loss_optimized']:.6f}, adversarial |diff| "
           f"{check['adv_loss_abs_diff']:.2e}, max relative gradient diff "
-          f"{check['max_grad_rel_diff']:.2e} -> {'equal within float tolerance' if ok else 'DIFFERENT'}")
-    if rows[1].get("skipped"):
-        print(f"warning: the divergence guard skipped {rows[1]['skipped']} timed steps")
+          f"{check['max_grad_rel_diff']:.2e}: "
+          f"{'equal within float tolerance' if ok else 'DIFFERENT'}")
+    if opt.get("skipped"):
+        print(f"warning: the divergence guard skipped {opt['skipped']} timed steps")
     return 0 if ok else 1
-
-
-def _main(argv: list[str]) -> None:
-    path, preset_name, domains, batch, segment, repeats, device = argv
-    result = measure(path, preset_name, int(domains), int(batch), int(segment), int(repeats),
-                     device)
-    print(json.dumps({k: (v if not isinstance(v, float) or math.isfinite(v) else None)
-                      for k, v in result.items()}))
-
-
-if __name__ == "__main__":
-    _main(sys.argv[1:])
