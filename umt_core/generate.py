@@ -21,6 +21,7 @@ takes the inverse CDF of softmax(logits / temperature); temperature 0 is greedy.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -475,7 +476,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
     if device.type == "cuda":
         print(f"device: {torch.cuda.get_device_name(device)}")
     else:
-        print(f"device: CPU, {torch.get_num_threads()} threads ({_cpu_name()})")
+        load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+        print(f"device: CPU, {torch.get_num_threads()} threads ({_cpu_name()}{load})")
     print(f"torch {torch.__version__}; audio samples/s of all streams together, "
           f"median of {args.repeats} runs")
     print(f"{'batch':>5} " + " ".join(f"{c[0]:>11}" for c in columns) + f" {'speed-up':>9}")
@@ -485,9 +487,9 @@ def run_benchmark(args: argparse.Namespace) -> int:
             if args.samples:
                 per[label] = args.samples
             elif method == "eager" or (method == "torch" and device.type == "cpu"):
-                per[label] = int(min(max(4096 // b, 128), 1024))
+                per[label] = int(min(max(2048 // b, 128), 256))
             else:
-                per[label] = int(min(max(16384 // b, 512), 4096))
+                per[label] = int(min(max(8192 // b, 256), 2048))
         rates = benchmark(dec, b, columns, steps=per, repeats=args.repeats)
         fast = rates[columns[0][0]]
         print(f"{b:>5} " + " ".join(f"{rates[c[0]]:>11,.0f}" for c in columns)

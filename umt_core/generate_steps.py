@@ -168,13 +168,28 @@ class Chunk:
 
 
 class EagerStep:
-    """The plain loop: the decoders' own weights, one layer and one decoder at a time."""
+    """The plain loop: each decoder's own weights (as contiguous matrices, taken once),
+    one layer and one decoder at a time; separate ops for every tap, gate and 1x1."""
 
     name = "eager"
 
     def __init__(self, decoders: list[WaveNetDecoder], state: State):
         self.decoders, self.state = decoders, state
         self.batch = state.rows // len(decoders)
+        k = state.layout.kernel
+
+        def mat(conv: torch.nn.Conv1d, tap: int = 0) -> torch.Tensor:
+            return conv.weight.detach()[:, :, tap].contiguous()
+
+        self.weights = [{
+            "first": (d.first_conv.weight.detach()[:, 0, :].contiguous(), d.first_conv.bias),
+            "skip0": (mat(d.skip_conv), d.skip_conv.bias),
+            "layers": [([mat(m.causal, j) for j in range(k)], m.causal.bias,
+                        (mat(m.residual), m.residual.bias), (mat(m.skip), m.skip.bias))
+                       for m in d.layers],
+            "fc": (mat(d.fc), d.fc.bias),
+            "logits": (mat(d.logits), d.logits.bias),
+        } for d in decoders]
 
     def run(self, c: Chunk) -> tuple[torch.Tensor, torch.Tensor | None]:
         st, lay, B = self.state, self.state.layout, self.batch
@@ -182,25 +197,26 @@ class EagerStep:
         codes = torch.empty(st.rows, c.steps, dtype=torch.long, device=st.ring.device)
         logits_out = (torch.empty(st.rows, c.steps, N_CLASSES, device=st.ring.device)
                       if c.want_logits else None)
+        frames = c.frame_of_step.tolist()
         for i in range(c.steps):
-            t, f = st.t, int(c.frame_of_step[i])
-            for d, dec in enumerate(self.decoders):
+            t, f = st.t, frames[i]
+            for d, w in enumerate(self.weights):
                 rows = slice(d * B, (d + 1) * B)
-                res = F.linear(st.inputs[rows], dec.first_conv.weight[:, 0, :], dec.first_conv.bias)
-                skip = F.linear(res, dec.skip_conv.weight[:, :, 0], dec.skip_conv.bias)
-                for l, layer in enumerate(dec.layers):
-                    ring = st.ring[rows, lay.offsets[l]:lay.offsets[l] + lay.lengths[l]]
-                    n, w = lay.lengths[l], layer.causal.weight
-                    h = F.linear(res, w[:, :, k - 1], layer.causal.bias) + c.cond[d, :, f, l]
+                res = F.linear(st.inputs[rows], *w["first"])
+                skip = F.linear(res, *w["skip0"])
+                for l, (taps, bias, res_1x1, skip_1x1) in enumerate(w["layers"]):
+                    n = lay.lengths[l]
+                    ring = st.ring[rows, lay.offsets[l]:lay.offsets[l] + n]
+                    h = F.linear(res, taps[k - 1], bias) + c.cond[d, :, f, l]
                     for j in range(k - 1):
-                        past = ring[:, (t - (k - 1 - j) * layer.dilation) % n]
-                        h = h + F.linear(past, w[:, :, j])
+                        past = ring[:, (t - (k - 1 - j) * lay.dilations[l]) % n]
+                        h = h + F.linear(past, taps[j])
                     ring[:, t % n] = res
                     g = torch.sigmoid(h[:, :R]) * torch.tanh(h[:, R:])
-                    res = res + F.linear(g, layer.residual.weight[:, :, 0], layer.residual.bias)
-                    skip = skip + F.linear(g, layer.skip.weight[:, :, 0], layer.skip.bias)
-                h = F.linear(F.relu(skip), dec.fc.weight[:, :, 0], dec.fc.bias) + c.head[d, :, f]
-                logits = F.linear(F.relu(h), dec.logits.weight[:, :, 0], dec.logits.bias)
+                    res = res + F.linear(g, *res_1x1)
+                    skip = skip + F.linear(g, *skip_1x1)
+                h = F.linear(F.relu(skip), *w["fc"]) + c.head[d, :, f]
+                logits = F.linear(F.relu(h), *w["logits"])
                 if logits_out is not None:
                     logits_out[rows, i] = logits
                 if c.forced is not None:
@@ -311,6 +327,21 @@ class TorchStep:
         self.ring_len = torch.tensor(lay.lengths, device=dev)
         self.ring_off = torch.tensor(lay.offsets, device=dev)
         self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+        # One decoder: plain matrix products (batched ones are slow for few rows on CPU).
+        self.single = self.D == 1
+
+    def _mm(self, bias: torch.Tensor, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """bias + a @ w over the decoder stack: (D, B, K) @ (D, K, N) -> (D, B, N)."""
+        if self.single:
+            return torch.addmm(bias[0], a[0], w[0]).unsqueeze(0)
+        return torch.baddbmm(bias, a, w)
+
+    def _mm_(self, out: torch.Tensor, a: torch.Tensor, w: torch.Tensor) -> None:
+        """out += a @ w, in place."""
+        if self.single:
+            out[0].addmm_(a[0], w[0])
+        else:
+            out.baddbmm_(a, w)
 
     def _step(self, mode: str, want_logits: bool) -> None:
         st, lay = self.state, self.layout
@@ -321,18 +352,20 @@ class TorchStep:
         frame = self.frame_of_step.index_select(0, self.i)
         cond = self.cond.index_select(2, frame).squeeze(2)  # (D, B, L, 2R)
         head = self.head.index_select(2, frame).squeeze(2)  # (D, B, S)
-        acc[..., :R].copy_(torch.baddbmm(self.first_b, inputs.view(D, B, k), self.first_w))
-        acc[..., R:].copy_(torch.baddbmm(self.skip0_b, acc[..., :R], self.skip0_wT))
+        acc[..., :R].copy_(self._mm(self.first_b.expand(D, B, R), inputs.view(D, B, k),
+                                    self.first_w))
+        acc[..., R:].copy_(self._mm(self.skip0_b.expand(D, B, -1), acc[..., :R], self.skip0_wT))
         gate = self.g[..., :R]
         for l in range(L):
             A[:, :, l, (k - 1) * R:].copy_(acc[..., :R])
-            th = torch.tanh(torch.baddbmm(cond[:, :, l], A[:, :, l], self.conv_wT[:, l]))
+            th = torch.tanh(self._mm(cond[:, :, l], A[:, :, l], self.conv_wT[:, l]))
             torch.addcmul(th[..., R:], th[..., :R], th[..., R:], out=gate)
-            acc.baddbmm_(self.g, self.out_wT[:, l])
+            self._mm_(acc, self.g, self.out_wT[:, l])
         slots = torch.remainder(self.t, self.ring_len) + self.ring_off
         ring.index_copy_(1, slots, A[..., (k - 1) * R:].reshape(D * B, L, R))
-        h = torch.baddbmm(head, F.relu(acc[..., R:]), self.fc_wT)
-        logits = torch.baddbmm(self.logit_b, F.relu(h), self.logit_wT).view(D * B, N_CLASSES)
+        h = self._mm(head, F.relu(acc[..., R:]), self.fc_wT)
+        logits = self._mm(self.logit_b.expand(D, B, N_CLASSES), F.relu(h),
+                          self.logit_wT).view(D * B, N_CLASSES)
         if want_logits:
             self.logits.index_copy_(1, self.i, logits.unsqueeze(1))
         if mode == "forced":
