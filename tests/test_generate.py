@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from conftest import FIXTURES
 
-from umt_core import generate_steps
+from umt_core import generate_cpu
 from umt_core.__main__ import main
 from umt_core.audio import mu_law_encode, resample, save_audio
 from umt_core.checkpoint import save_checkpoint
@@ -28,7 +28,7 @@ from umt_core.generate import (
 )
 from umt_core.model import UMTN, WaveNetDecoder
 
-HAVE_CPP = generate_steps.cpp_kernel() is not None
+HAVE_CPP = generate_cpu.cpp_kernel() is not None
 CPU_METHODS = ["eager", "torch", pytest.param("cpp", marks=pytest.mark.skipif(
     not HAVE_CPP, reason="no C++ compiler: the kernel falls back to the torch step"))]
 
@@ -178,7 +178,7 @@ def test_without_a_compiler_generation_falls_back(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("UMT_KERNEL_CACHE", str(tmp_path / "cache"))
-    generate_steps.reset_cpp_kernel()
+    generate_cpu.reset_cpp_kernel()
     try:
         with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
             assert resolve_method("auto", "cpu") == "torch"
@@ -186,7 +186,7 @@ def test_without_a_compiler_generation_falls_back(monkeypatch, tmp_path):
         (dec,) = decoders(cfg, 1)
         assert generate(dec, torch.randn(1, cfg.latent_channels, 1), 20).shape == (1, 20)
     finally:
-        generate_steps.reset_cpp_kernel()
+        generate_cpu.reset_cpp_kernel()
 
 
 def test_greedy_generation_reproduces_a_tone_the_decoder_learned():

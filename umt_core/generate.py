@@ -4,7 +4,7 @@ Translating a clip = mu-law codes -> shared encoder -> latent z -> sample a new 
 one audio sample at a time, from the target domain's WaveNet decoder. The decoder
 is run incrementally: each layer keeps a ring buffer of its past inputs, the latent
 conditioning is projected once per latent frame, and D target decoders x B clips run
-together in one step (see `umt_core.generate_steps` for the step implementations).
+together in one step (see `umt_core.generate_steps` and `umt_core.generate_cpu`).
 Long inputs are processed in chunks with the state carried across, so memory does
 not grow with the clip length beyond the output itself.
 
@@ -33,15 +33,8 @@ import torch
 
 from .audio import load_audio, mu_law_decode, mu_law_encode, resample, save_audio
 from .checkpoint import load_model
-from .generate_steps import (
-    Chunk,
-    CppStep,
-    EagerStep,
-    Layout,
-    State,
-    TorchStep,
-    cpp_kernel,
-)
+from .generate_cpu import CppStep, cpp_kernel
+from .generate_steps import Chunk, EagerStep, Layout, State, TorchStep
 from .model import UMTN, Encoder, WaveNetDecoder
 
 METHODS = ("auto", "cpp", "torch", "cuda-graph", "eager")
