@@ -33,6 +33,7 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -95,13 +96,16 @@ def _cpu_signature() -> str:
     return platform.processor() + platform.machine()
 
 
-def _build(cxx: str, out: Path) -> None:
+# -march=native: the kernel is built on the machine that runs it (cached per CPU).
+CXX_FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-pthread")
+
+
+def _build(cxx: str, flags: Sequence[str], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         src = Path(tmp) / "wavenet_step.cpp"
         src.write_text(CPP_SOURCE)
         lib = Path(tmp) / out.name
-        flags = ["-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-pthread"]
         proc = subprocess.run([cxx, *flags, str(src), "-o", str(lib)],
                               check=False, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
@@ -109,32 +113,38 @@ def _build(cxx: str, out: Path) -> None:
         os.replace(lib, out)  # atomic: concurrent builders each install a whole file
 
 
+def load_kernel(flags: Sequence[str] = CXX_FLAGS, *, rebuild: bool = False) -> ctypes.CDLL:
+    """Build (unless cached) and load the kernel with these compiler flags.
+    Raises RuntimeError when no compiler works."""
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found (set CXX or install g++)")
+    key = hashlib.sha256("\0".join(
+        [CPP_SOURCE, cxx, shutil.which(cxx) or "", " ".join(flags), _cpu_signature()]
+    ).encode()).hexdigest()[:16]
+    path = kernel_cache_dir() / f"wavenet_step_{key}.so"
+    if rebuild or not path.exists():
+        _build(cxx, flags, path)
+    lib = ctypes.CDLL(str(path))
+    if lib.umt_abi_version() != _ABI_VERSION:
+        raise RuntimeError(f"{path}: unexpected kernel version")
+    lib.umt_run_chunk.argtypes = [ctypes.POINTER(_Weights), ctypes.POINTER(_Chunk)]
+    lib.umt_run_chunk.restype = ctypes.c_int
+    return lib
+
+
 def cpp_kernel(*, rebuild: bool = False) -> ctypes.CDLL | None:
-    """The compiled CPU kernel, built on first use and cached by source, compiler and
-    CPU; None (with one warning) when no C++ compiler works here."""
+    """The compiled CPU kernel, built on first use and cached by source, compiler, flags
+    and CPU; None (with one warning) when no C++ compiler works here."""
     global _kernel, _kernel_error
     with _kernel_lock:
         if _kernel is not None and not rebuild:
             return _kernel
         if _kernel_error is not None and not rebuild:
             return None
-        cxx = _compiler()
         try:
-            if cxx is None:
-                raise RuntimeError("no C++ compiler found (set CXX or install g++)")
-            key = hashlib.sha256(
-                "\0".join([CPP_SOURCE, cxx, shutil.which(cxx) or "", _cpu_signature()]).encode()
-            ).hexdigest()[:16]
-            path = kernel_cache_dir() / f"wavenet_step_{key}.so"
-            if rebuild or not path.exists():
-                _build(cxx, path)
-            lib = ctypes.CDLL(str(path))
-            if lib.umt_abi_version() != _ABI_VERSION:
-                raise RuntimeError(f"{path}: unexpected kernel version")
-            lib.umt_run_chunk.argtypes = [ctypes.POINTER(_Weights), ctypes.POINTER(_Chunk)]
-            lib.umt_run_chunk.restype = ctypes.c_int
-            _kernel, _kernel_error = lib, None
-            return lib
+            _kernel, _kernel_error = load_kernel(rebuild=rebuild), None
+            return _kernel
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
             _kernel_error = str(e)
             warnings.warn(
