@@ -88,3 +88,13 @@ def test_fast_path_under_bf16_autocast_gives_fp32_gradients_close_to_fp32():
         assert g16[k].dtype == torch.float32
         cos = F.cosine_similarity(g16[k].flatten(), g32[k].flatten(), dim=0)
         assert cos > 0.95, (k, float(cos))
+
+
+def test_bench_train_runs_both_paths_and_checks_equality(capsys):
+    from umt_core.__main__ import main
+
+    rc = main(["bench", "train", "--preset", "smoke", "--batch", "1", "--segment", "256",
+               "--repeats", "1", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "reference" in out and "optimized" in out and "equal within float tolerance" in out
