@@ -71,6 +71,8 @@ class TrainConfig:
     rollback_lr_factor: float = 0.5
     uniform_margin: float = 0.05  # validation loss within this of ln 256 -> diverged
     checkpoint_every: int = 0  # also keep checkpoints/step_<n>.pt every n steps (0 = never)
+    # Fine-tuning (train --init-from): keep the encoder as it is, train decoders only.
+    freeze_encoder: bool = False
 
 
 @dataclass

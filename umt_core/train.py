@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -74,7 +75,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from . import forward as fw
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .config import Config, apply_overrides, parse_overrides, preset
 from .model import UMTN
 from .paths import resolve
@@ -352,7 +353,10 @@ class Trainer:
         self.model = build_model(cfg).to(self.device)
         self.model.train()
         m = self.model
-        self.model_params = list(m.encoder.parameters()) + list(m.decoders.parameters())
+        if self.tc.freeze_encoder:
+            m.encoder.requires_grad_(False)
+        self.encoder_params = [] if self.tc.freeze_encoder else list(m.encoder.parameters())
+        self.model_params = self.encoder_params + list(m.decoders.parameters())
         self.opt_model = torch.optim.Adam(self.model_params, lr=self.tc.lr)
         self.opt_clf = torch.optim.Adam(m.domain_classifier.parameters(), lr=self.tc.lr)
         self.sched_model = torch.optim.lr_scheduler.ExponentialLR(self.opt_model, self.tc.lr_decay)
@@ -373,6 +377,31 @@ class Trainer:
         self.last_step_loss = math.nan
         self.last_speed = 0.0
         self.local = _split(self.tc.batch_per_domain, ctx.world, ctx.rank)
+
+    def init_weights(self, source: UMTN) -> list[str]:
+        """Start from another model's weights (fine-tuning): its encoder, the decoders of
+        domains it shares with this run (by name), the classifier's hidden layers and its
+        output rows of shared domains. Returns the domains that start from scratch."""
+        m = self.model
+        m.encoder.load_state_dict(source.encoder.state_dict())
+        new = []
+        for i, name in enumerate(self.domains):
+            if name in source.domains:
+                m.decoder(i).load_state_dict(source.decoder(name).state_dict())
+            else:
+                new.append(name)
+        own = m.domain_classifier.state_dict()
+        theirs = source.domain_classifier.state_dict()
+        out_layer = max(own, key=lambda k: int(k.split(".")[1])).rsplit(".", 1)[0]
+        with torch.no_grad():
+            for key, value in theirs.items():
+                if not key.startswith(out_layer + "."):
+                    own[key].copy_(value)
+                    continue
+                for i, name in enumerate(self.domains):
+                    if name in source.domains:
+                        own[key][i].copy_(value[source.domains.index(name)])
+        return new
 
     # -- bookkeeping
     def _empty_sums(self) -> dict[str, list[float]]:
@@ -503,7 +532,7 @@ class Trainer:
         self.opt_clf.step()
 
         # 2. encoder + decoders: reconstruction and confusing the (updated) classifier
-        used = list(m.encoder.parameters()) + self._decoder_params(domains)
+        used = self.encoder_params + self._decoder_params(domains)
         self.opt_model.zero_grad(set_to_none=True)
         for p in clf_params:
             p.requires_grad_(False)
@@ -728,13 +757,19 @@ def train(cfg: Config, run_dir: str | Path, *, manifest=None,
           train_data: Sequence[DomainAudio] | None = None,
           val_data: Sequence[DomainAudio] | None = None, steps: int | None = None,
           epochs: int | None = None, fresh: bool = False, progress: bool = True,
-          on_event: EventCallback | None = None) -> dict[str, Any]:
+          on_event: EventCallback | None = None,
+          init_from: str | Path | None = None) -> dict[str, Any]:
     """Train (or resume) the run in `run_dir` until `steps` steps or `epochs` epochs in
     total (default ``cfg.train.epochs``); see the module docstring.
 
     `manifest` (a path or `umt_core.data.Manifest`) provides the data and the domain
     names; `train_data` / `val_data` (lists of `DomainAudio`) may be given instead.
     `on_event` is called with every event written to metrics.jsonl (rank 0).
+    `init_from` (a umt_core checkpoint, e.g. one made by `convert-reference`) starts a
+    new run from that model's weights: its architecture and mu-law replace the
+    preset's, decoders of domains it knows are reused, others start fresh; with
+    ``train.freeze_encoder`` only the decoders (and the classifier) train. Ignored when
+    the run resumes from its own last.pt.
     Returns a summary: steps, epochs, best_val, last/best checkpoint paths, skipped
     steps and rollbacks of this call.
     """
@@ -743,21 +778,31 @@ def train(cfg: Config, run_dir: str | Path, *, manifest=None,
     cfg = apply_overrides(cfg, {})  # a private copy
     if epochs is not None:
         cfg.train.epochs = int(epochs)
+    source = None
+    if init_from is not None:
+        source = load_model(resolve(init_from))
+        cfg.model = copy.deepcopy(source.config.model)
+        cfg.mu_law = source.config.mu_law
     train_data, val_data, augment = _resolve_data(cfg, manifest, train_data, val_data)
+    if source is not None and source.config.sample_rate != cfg.sample_rate:
+        raise ValueError(f"{init_from}: the model was trained at {source.config.sample_rate} Hz, "
+                         f"the data is at {cfg.sample_rate} Hz; prepare the data at the "
+                         "model's rate")
     _check_config(cfg)
     run_dir = resolve(run_dir)
     ctx = _Dist()
     files = _RunFiles(run_dir, ctx.main, progress, on_event)
     try:
         return _run(cfg, run_dir, train_data, val_data, augment, ctx, files,
-                    steps, fresh, progress)
+                    steps, fresh, progress, source, init_from)
     finally:
         files.close()
         ctx.close()
 
 
 def _run(cfg: Config, run_dir: Path, train_data, val_data, augment, ctx: _Dist,
-         files: _RunFiles, steps: int | None, fresh: bool, progress: bool) -> dict[str, Any]:
+         files: _RunFiles, steps: int | None, fresh: bool, progress: bool,
+         source: UMTN | None = None, init_from: str | Path | None = None) -> dict[str, Any]:
     resume = files.last.exists() and not fresh
     if resume:
         state = load_checkpoint(files.last, map_location="cpu")
@@ -785,6 +830,8 @@ def _run(cfg: Config, run_dir: Path, train_data, val_data, augment, ctx: _Dist,
         trainer.load_state(state)
         trainer.saved_step = trainer.step
         files.truncate_metrics(trainer.step)
+    elif source is not None:
+        new_domains = trainer.init_weights(source)
     ctx.broadcast_module(trainer.model)
     files.open()
     files.event("start", trainer.step, trainer.epoch, config=cfg.to_dict(), fresh=not resume,
@@ -796,6 +843,9 @@ def _run(cfg: Config, run_dir: Path, train_data, val_data, augment, ctx: _Dist,
     else:
         files.log.info(f"Training {cfg.preset} on {cfg.domains} in {run_dir} "
                        f"(world size {ctx.world}, device {ctx.device})")
+        if source is not None:
+            files.event("init", 0, 0, **{"from": str(init_from)}, new_domains=new_domains,
+                        freeze_encoder=cfg.train.freeze_encoder)
         trainer.save()  # step 0: something to roll back to before the first validation
     _loop(trainer, target, progress and ctx.main)
     if trainer.saved_step != trainer.step:
@@ -921,13 +971,18 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--override", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="config override, e.g. -o train.lr=1e-4 (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="start a new run from this model's weights (e.g. a converted "
+                        "pretrained model); add -o train.freeze_encoder=true to train "
+                        "decoders only")
     p.set_defaults(func=_cli)
 
 
 def _cli(args: argparse.Namespace) -> int:
     cfg = preset(args.preset, parse_overrides(args.override))
     summary = train(cfg, args.run_dir, manifest=args.manifest, steps=args.steps,
-                    epochs=args.epochs, fresh=args.fresh, progress=not args.no_progress)
+                    epochs=args.epochs, fresh=args.fresh, progress=not args.no_progress,
+                    init_from=args.init_from)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=2))
     return 0
