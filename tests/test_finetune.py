@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from conftest import FIXTURES
+
 from umt_core.checkpoint import load_checkpoint, load_model
 from umt_core.config import preset
 from umt_core.reference import convert_reference
