@@ -336,25 +336,44 @@ Each notebook below was executed by papermill; its page embeds its figures and a
 
 def experiment_html(name: str, description: str, variants: dict[str, dict[str, Any]],
                     reports: dict[str, StudyReport]) -> str:
-    """One row per key figure, one column per variant, links to each variant's report."""
+    """One row per key figure, one column per variant, links to each variant's report:
+    first the headline figures, then (folded) every figure whose value differs."""
     e = html.escape
     names = list(reports)
-    keys = list(dict.fromkeys(
-        (stem, key) for r in reports.values() for stem, figs in r.metrics.items() for key in figs))
-    rows = [
-        [e(f"{stem}: {key}")] + [e(_fmt(reports[v].metrics.get(stem, {}).get(key, "")))
-                                 for v in names]
-        for stem, key in keys
-    ]
+
+    # Notebook 04 names the figures of a model after its run ("<run>-best_..."); the
+    # variants' runs are named after the variants, so align those figures as "<run>-...".
+    def generic(metrics: dict[str, dict[str, Any]], variant: str) -> dict[tuple, Any]:
+        return {(stem, "<run>-" + key[len(variant) + 1:] if key.startswith(variant + "-")
+                 else key): value
+                for stem, figs in metrics.items() for key, value in figs.items()}
+
+    def rows(metrics_of, only_differing: bool) -> list[list[str]]:
+        table = {v: generic(metrics_of(reports[v]), v) for v in names}
+        everything = {v: generic(reports[v].metrics, v) for v in names}
+        out = []
+        for stem, key in dict.fromkeys(k for v in names for k in table[v]):
+            values = [everything[v].get((stem, key), "") for v in names]
+            if only_differing and len({_fmt(x) for x in values}) < 2:
+                continue
+            out.append([e(f"{stem}: {key}")] + [e(_fmt(x)) for x in values])
+        return out
+
     heads = ["figure"] + [
         f'<a href="{e(v)}/index.html">{e(v)}</a>'
         + ("" if reports[v].ok else ' <span class="failed">failed</span>')
         for v in names
     ]
+    numeric = set(range(1, len(heads)))
+    headline = rows(lambda r: headline_figures(r.metrics), only_differing=False)
+    differing = rows(lambda r: r.metrics, only_differing=len(names) > 1)
     settings = "".join(
         f"<tr><td>{e(v)}</td><td><code>{e(json.dumps(variants[v]))}</code></td></tr>"
         for v in names
     )
+    folded = "" if not differing else (
+        "<details><summary>Every key figure that differs between variants</summary>"
+        + _table(heads, differing, numeric) + "</details>")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>UMT study experiment: {e(name)}</title><style>{_CSS}</style></head><body>
@@ -362,7 +381,8 @@ def experiment_html(name: str, description: str, variants: dict[str, dict[str, A
 <p>{e(description)}</p>
 <h2>Variants</h2><table>{settings}</table>
 <h2>Key figures</h2>
-{_table(heads, rows, numeric=set(range(1, len(heads))))}
+{_table(heads, headline or differing, numeric)}
+{folded if headline else ""}
 <p class="muted">Machine-readable: <a href="metrics.json">metrics.json</a>.</p>
 </body></html>
 """
