@@ -103,6 +103,24 @@ def test_dotted_keys_go_to_the_overrides_parameter(standin_root):
                             notebooks_dir=standin_root / "notebooks", stems=("01_data_prep",))
 
 
+def test_smoke_data_is_prepared_beside_the_full_dataset(tmp_path, monkeypatch):
+    from umt_core.data import load_manifest
+
+    monkeypatch.setenv("UMT_ROOT", str(tmp_path))
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "umt_core"\n')
+    (tmp_path / "data_manifests").mkdir()
+    (tmp_path / "data_manifests" / "scores.yaml").write_text(
+        (REPO / "data_manifests" / "scores.yaml").read_text())
+    assert pipeline.preset_manifest(tmp_path, "data_manifests/scores.yaml", "cpu") == (
+        "data_manifests/scores.yaml")
+    derived = pipeline.preset_manifest(tmp_path, "data_manifests/scores.yaml", "smoke")
+    assert derived == "data/manifests/scores-smoke.yaml"
+    full = load_manifest(tmp_path / "data_manifests" / "scores.yaml")
+    small = load_manifest(tmp_path / derived)
+    assert small.data_dir == tmp_path / "data" / "scores-smoke" != full.data_dir
+    assert small.domains == full.domains and small.sample_rate == full.sample_rate
+
+
 def test_parse_values_reads_yaml_scalars():
     got = pipeline.parse_values(["steps=20", "seconds=0.5", "manifest=data_manifests/a.yaml",
                                  "fresh=true", "x=null"])

@@ -47,6 +47,8 @@ from .report import (
 NOTEBOOKS = ("01_data_prep", "02_train", "03_loss_analysis", "04_listening_tests")
 KERNEL = "umt-study"
 DEFAULT_MANIFEST = "data_manifests/scores.yaml"
+# Presets whose (smaller) dataset is prepared under its own name: see `preset_manifest`.
+SEPARATE_DATA = {"smoke"}
 # The notebook parameter holding dotted config overrides, e.g. {"train.lr": 1e-4}.
 CONFIG_OVERRIDES = "overrides"
 
@@ -188,6 +190,26 @@ def plan_study(
     return plan
 
 
+def preset_manifest(root: Path, manifest: str, preset: str, *, write: bool = True) -> str:
+    """The manifest a preset's study uses. A preset with SEPARATE_DATA prepares its cut-down
+    dataset under its own name (`<dataset>-<preset>`), beside the full one, so that running
+    one preset never rebuilds the other's data: a copy of the manifest with that name is
+    written to data/manifests/. Other presets use the manifest as it is."""
+    source = Path(manifest) if Path(manifest).is_absolute() else root / manifest
+    if preset not in SEPARATE_DATA or not source.is_file():
+        return manifest  # a missing manifest is notebook 01's to report
+    derived = root / "data" / "manifests" / f"{source.stem}-{preset}.yaml"
+    if write:
+        raw = yaml.safe_load(source.read_text())
+        raw["dataset"] = f"{raw['dataset']}-{preset}"
+        text = (f"# {manifest} with its own dataset name for the {preset} preset; written by "
+                f"`python -m umt_core study`\n" + yaml.safe_dump(raw, sort_keys=False))
+        derived.parent.mkdir(parents=True, exist_ok=True)
+        if not derived.is_file() or derived.read_text() != text:
+            derived.write_text(text)
+    return str(derived.relative_to(root))
+
+
 # ----------------------------------------------------------------------------- execution
 
 
@@ -224,7 +246,7 @@ def run_study(
     """
     root = Path(root or project_root()).resolve()
     run = run or preset
-    manifest = manifest or DEFAULT_MANIFEST
+    manifest = preset_manifest(root, manifest or DEFAULT_MANIFEST, preset)
     nb_dir = Path(notebooks_dir) if notebooks_dir else root / "notebooks"
     plan = plan_study(preset, run, manifest, overrides, notebooks_dir=nb_dir, stems=stems)
     out_dir = root / "results" / run
@@ -452,7 +474,9 @@ def _cli_study(args: argparse.Namespace) -> int:
             stems = exp.notebooks
             runs = {f"{args.experiment}/{v}": {**overrides, **p} for v, p in exp.variants.items()}
         for run, params in runs.items():
-            for nb in plan_study(args.preset, run, args.manifest or DEFAULT_MANIFEST, params,
+            manifest = preset_manifest(root, args.manifest or DEFAULT_MANIFEST, args.preset,
+                                       write=False)
+            for nb in plan_study(args.preset, run, manifest, params,
                                  notebooks_dir=root / "notebooks", stems=stems):
                 print(f"{run} {nb.stem}: {json.dumps(nb.parameters)}")
         return 0
