@@ -33,13 +33,7 @@ CPU_METHODS = ["eager", "torch", pytest.param("cpp", marks=pytest.mark.skipif(
     not HAVE_CPP, reason="no C++ compiler: the kernel falls back to the torch step"))]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny ops on a shared 2-core machine: one thread is faster and steadier.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def decoders(cfg: ModelConfig, n: int, seed: int = 0) -> list[WaveNetDecoder]:

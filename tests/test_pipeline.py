@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import REPO
+from conftest import REPO, scratch_root
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from umt_core import pipeline
@@ -213,27 +213,12 @@ def test_notebook_follows_conventions(path):
             assert not cell.outputs and cell.execution_count is None, "stored with outputs"
 
 
-def _scratch_root(tmp_path: Path) -> Path:
-    """A project root whose data/, runs/ and results/ are the test's own; everything
-    else links to the repository."""
-    root = tmp_path / "project"
-    root.mkdir()
-    for entry in REPO.iterdir():
-        if entry.name not in {"data", "runs", "results", ".git", ".venv", ".pytest_cache"}:
-            (root / entry.name).symlink_to(entry)
-    notes = REPO / "data" / ".cache" / "notes"  # parsed scores: parsing is prep's slow part
-    if notes.is_dir():
-        (root / "data" / ".cache").mkdir(parents=True)
-        (root / "data" / ".cache" / "notes").symlink_to(notes)
-    return root
-
-
 @pytest.mark.pipeline
 def test_smoke_study_runs_every_real_notebook(tmp_path, monkeypatch):
     missing = [p.name for p in REAL if not p.exists()]
     if missing:
         pytest.skip(f"notebooks not written yet: {missing}")
-    root = _scratch_root(tmp_path)
+    root = scratch_root(tmp_path)
     monkeypatch.setenv("UMT_ROOT", str(root))
     try:
         pipeline.run_study("smoke", "smoke", root=root, log=lambda *a: None)
