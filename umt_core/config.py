@@ -73,6 +73,18 @@ class TrainConfig:
     checkpoint_every: int = 0  # also keep checkpoints/step_<n>.pt every n steps (0 = never)
     # Fine-tuning (train --init-from): keep the encoder as it is, train decoders only.
     freeze_encoder: bool = False
+    # Wall-clock budget: stop after this many minutes of training (steps, validation and
+    # data loading), counted across resumes; 0 = no budget. Used to compare settings at
+    # equal cost (the cpu-bottleneck experiment).
+    max_minutes: float = 0.0
+    # Share of the decoders' teacher-forced input codes replaced by uniformly random
+    # codes (targets stay clean): the past audio becomes less reliable than the latent,
+    # so a decoder has to use the latent.
+    input_corruption: float = 0.0
+    # The encoder's confusion term rises linearly from 0 to confusion_weight over this
+    # many steps (0 = full weight from the start); the classifier's own update always
+    # uses confusion_weight.
+    confusion_ramp_steps: int = 0
 
 
 @dataclass

@@ -191,13 +191,20 @@ def fast_decode(decoder: WaveNetDecoder, codes: torch.Tensor, z: torch.Tensor) -
 
 
 def recon_loss_sum(decoder: WaveNetDecoder, codes: torch.Tensor, z: torch.Tensor,
-                   fast: bool = True) -> torch.Tensor:
-    """Summed (not averaged) reconstruction cross-entropy of `codes` over batch and time."""
+                   fast: bool = True, inputs: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed (not averaged) reconstruction cross-entropy of `codes` over batch and time.
+
+    `inputs` (same shape as `codes`) replaces the teacher-forced input the decoder reads
+    (e.g. partly corrupted codes) while the targets stay `codes`."""
+    inputs = codes if inputs is None else inputs
+    if inputs.shape != codes.shape:
+        raise ValueError(f"decoder inputs {tuple(inputs.shape)} and targets "
+                         f"{tuple(codes.shape)} differ in shape")
     if fast:
-        logits = fast_decode_time_major(decoder, codes, z)
+        logits = fast_decode_time_major(decoder, inputs, z)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), codes.reshape(-1),
                                reduction="sum")
-    logits = reference_decode(decoder, codes, z)
+    logits = reference_decode(decoder, inputs, z)
     return F.cross_entropy(logits.float(), codes, reduction="sum")
 
 

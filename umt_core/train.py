@@ -90,7 +90,10 @@ LEARNED_MARGIN = 0.5
 # Config fields that may differ when resuming: they change neither the
 # numbers an uninterrupted run computes nor how results compare.
 RESUMABLE_CHANGES = {"train.epochs", "train.num_workers", "train.checkpoint_every",
-                     "train.micro_batch"}
+                     "train.micro_batch", "train.max_minutes"}
+# Random stream of the decoder-input corruption (train.input_corruption); the sampler's
+# streams are TRAIN_STREAM and VALIDATION_STREAM.
+CORRUPTION_STREAM = 2
 
 EventCallback = Callable[[dict[str, Any]], None]
 
@@ -147,6 +150,25 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         if isinstance(obj, dict):
             events.append(obj)
     return events
+
+
+def corrupt_codes(codes: torch.Tensor, share: float, seed: int, step: int, domain: int,
+                  indices: Sequence[int]) -> torch.Tensor:
+    """`codes` (B, T) with about `share` of each row's codes replaced by uniform random
+    codes. Row b is drawn from its own seed (seed, step, domain, global sample index
+    indices[b]), so the result does not depend on how a batch is split over devices."""
+    if share <= 0:
+        return codes
+    if not 0 < share <= 1:
+        raise ValueError(f"train.input_corruption must be in [0, 1], not {share}")
+    out = codes.clone()
+    t = codes.shape[1]
+    for row, index in enumerate(indices):
+        rng = np.random.default_rng([seed, CORRUPTION_STREAM, step, domain, int(index)])
+        mask = torch.from_numpy(rng.random(t) < share)
+        noise = torch.from_numpy(rng.integers(0, 256, t)).to(codes.dtype)
+        out[row] = torch.where(mask.to(codes.device), noise.to(codes.device), codes[row])
+    return out
 
 
 def _split(n: int, parts: int, index: int) -> range:
@@ -374,6 +396,7 @@ class Trainer:
         self.n_skipped = 0
         self.n_rollbacks = 0
         self.saved_step = -1
+        self.train_seconds = 0.0  # wall time spent training, across resumes (max_minutes)
         self.last_step_loss = math.nan
         self.last_speed = 0.0
         self.local = _split(self.tc.batch_per_domain, ctx.world, ctx.rank)
@@ -420,6 +443,16 @@ class Trainer:
     def lr(self) -> float:
         return float(self.opt_model.param_groups[0]["lr"])
 
+    def confusion_weight(self, step: int) -> float:
+        """Weight of the encoder's confusion term at `step` (train.confusion_ramp_steps)."""
+        ramp = self.tc.confusion_ramp_steps
+        if ramp <= 0:
+            return self.tc.confusion_weight
+        return self.tc.confusion_weight * min(1.0, (step + 1) / ramp)
+
+    def budget_spent(self) -> bool:
+        return bool(self.tc.max_minutes) and self.train_seconds >= 60.0 * self.tc.max_minutes
+
     def step_domains(self, step: int) -> list[int]:
         if self.tc.schedule == "round_robin":
             return [step % self.k]
@@ -455,6 +488,7 @@ class Trainer:
             "guard": {"window": list(self.window), "bad_steps": self.bad_steps},
             "epoch_sums": {k: list(v) for k, v in self.epoch_sums.items()},
             "best_val": self.best_val,
+            "train_seconds": self.train_seconds,
             "world_size": self.ctx.world,
         }
 
@@ -468,6 +502,7 @@ class Trainer:
         self.sched_clf.load_state_dict(state["schedulers"]["classifier"])
         self.step = int(state["step"])
         self.best_val = float(state["best_val"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         self.window = deque(state["guard"]["window"], maxlen=self.tc.spike_window)
         self.bad_steps = int(state["guard"]["bad_steps"])
         self.epoch_sums = {k: list(v) for k, v in state["epoch_sums"].items()}
@@ -497,6 +532,7 @@ class Trainer:
         n_global = tc.batch_per_domain
         seg = tc.segment_samples
         lam = tc.confusion_weight
+        adv_lam = self.confusion_weight(self.step)
         k = self.k
         # stats: classifier CE sum, correct, count, bad input, recon sum per domain, adv CE sum
         stats = torch.zeros(4 + k + 1, dtype=torch.float64, device=self.device)
@@ -536,14 +572,18 @@ class Trainer:
         self.opt_model.zero_grad(set_to_none=True)
         for p in clf_params:
             p.requires_grad_(False)
+        indices = [idx for _, idx, _, _ in self.requests(self.step, self.step + 1)]
+        if len(indices) != len(batches):  # batches not from `requests` (benchmarks)
+            indices = [range(c.shape[0]) for _, c, _ in batches]
         try:
-            for d, clean, aug in batches:
+            for (d, clean, aug), idx in zip(batches, indices):
                 target = torch.full((clean.shape[0],), d, device=self.device)
+                inputs = corrupt_codes(clean, tc.input_corruption, tc.seed, self.step, d, idx)
                 with self._autocast():
                     z = fw.fast_encode(m.encoder, aug)
-                    recon = fw.recon_loss_sum(m.decoder(d), clean, z)
+                    recon = fw.recon_loss_sum(m.decoder(d), clean, z, inputs=inputs)
                     adv = F.cross_entropy(m.domain_classifier(z).float(), target, reduction="sum")
-                loss = recon / (n_global * seg) - lam * adv / n_global
+                loss = recon / (n_global * seg) - adv_lam * adv / n_global
                 loss.backward()
                 stats[4 + d] += recon.detach()
                 stats[4 + k] += adv.detach()
@@ -583,7 +623,7 @@ class Trainer:
         self.last_speed = len(domains) * n_global * seg / max(elapsed, 1e-9)
         self.files.event("step", self.step, (self.step - 1) // tc.steps_per_epoch, recon=recon,
                          classifier_loss=cls_loss, classifier_acc=cls_acc, grad_norm=grad_norm,
-                         lr=self.lr(), samples_per_s=self.last_speed)
+                         lr=self.lr(), samples_per_s=self.last_speed, confusion_weight=adv_lam)
 
     def _reduce(self, params: list[torch.nn.Parameter], stats: torch.Tensor) -> None:
         """Sum gradients of `params` (None counts as zero) and `stats` across processes."""
@@ -729,14 +769,20 @@ def _resolve_data(cfg: Config, manifest, train_data, val_data):
         cfg.sample_rate = int(m.sample_rate)
     if train_data is None:
         raise ValueError("train needs a manifest or train_data")
-    names = [d.name for d in train_data]
-    if cfg.domains and list(cfg.domains) != names:
-        raise ValueError(f"config domains {cfg.domains} differ from the data's {names}")
-    cfg.domains = names
     if val_data is None:
         val_data = train_data  # validated on their own stream of segments
+    names = [d.name for d in train_data]
     if [d.name for d in val_data] != names:
         raise ValueError(f"validation domains {[d.name for d in val_data]} differ from {names}")
+    if cfg.domains:  # a subset of the data's domains, in the config's order
+        missing = [d for d in cfg.domains if d not in names]
+        if missing or len(set(cfg.domains)) != len(cfg.domains):
+            raise ValueError(f"config domains {cfg.domains} must be distinct domains of the "
+                             f"data {names}; {missing or 'repeated'} is not")
+        train_data = [train_data[names.index(d)] for d in cfg.domains]
+        val_data = [val_data[names.index(d)] for d in cfg.domains]
+        names = list(cfg.domains)
+    cfg.domains = names
     if cfg.train.augment and cfg.train.pitch_shift_semitones > 0:
         from .data import make_augmenter
 
@@ -861,6 +907,7 @@ def _run(cfg: Config, run_dir: Path, train_data, val_data, augment, ctx: _Dist,
         "skipped": trainer.n_skipped,
         "rollbacks": trainer.n_rollbacks,
         "domains": list(cfg.domains),
+        "train_minutes": round(trainer.train_seconds / 60.0, 2),
     }
 
 
@@ -871,13 +918,14 @@ def _loop(trainer: Trainer, target: int, progress: bool) -> None:
     bar = tqdm(total=target, initial=min(trainer.step, target), desc="train", unit="step",
                disable=not progress, dynamic_ncols=True)
     try:
-        while trainer.step < target:
+        while trainer.step < target and not trainer.budget_spent():
             # One pass of the data loader per epoch (or up to the target).
             stop = min(target, (trainer.epoch + 1) * tc.steps_per_epoch)
             start = trainer.step
             batches: Iterator = prefetch(trainer.sampler, trainer.requests(start, stop),
                                          tc.num_workers)
             for s in range(start, stop):
+                t0 = time.perf_counter()
                 n = len(trainer.step_domains(s)) * len(_chunks(trainer.local, tc.micro_batch))
                 items = [next(batches) for _ in range(n)]
                 reqs = trainer.requests(s, s + 1)
@@ -889,12 +937,30 @@ def _loop(trainer: Trainer, target: int, progress: bool) -> None:
                     trainer.end_epoch()
                 elif tc.checkpoint_every and trainer.step % tc.checkpoint_every == 0:
                     trainer.save()
+                trainer.train_seconds += _agreed(trainer.ctx, time.perf_counter() - t0)
+                if trainer.budget_spent():
+                    trainer.files.event("budget", trainer.step, trainer.epoch,
+                                        minutes=tc.max_minutes,
+                                        train_seconds=trainer.train_seconds)
+                    trainer.files.log.info(
+                        f"Time budget of {tc.max_minutes:g} min spent at step {trainer.step} "
+                        f"({trainer.train_seconds / 60:.1f} min of training)")
+                    break
             batches.close()
     finally:
         bar.close()
 
 
 # --------------------------------------------------------------------------- launching
+def _agreed(ctx: _Dist, seconds: float) -> float:
+    """The slowest process's time, so every process stops at the same step."""
+    if not ctx.enabled:
+        return seconds
+    t = torch.tensor([seconds], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
 def summarize_run(run_dir: str | Path) -> dict[str, Any]:
     """The summary `train` returns, read back from a run directory."""
     run_dir = resolve(run_dir)
@@ -912,6 +978,7 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
         "skipped": sum(e.get("event") == "skip" for e in events),
         "rollbacks": sum(e.get("event") == "divergence" for e in events),
         "domains": list(state["config"]["domains"]),
+        "train_minutes": round(float(state.get("train_seconds", 0.0)) / 60.0, 2),
     }
 
 
