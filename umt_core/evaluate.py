@@ -594,7 +594,8 @@ class Evaluation:
                 out[f"classifier_{k}"] = self.classifier[k]
         for row in self.summary().to_dict("records"):
             prefix = f"{row['system']}_{row['condition']}"
-            for col in ("classified_as_target", "chroma", "wave_corr", "is_copy", "noise", "success"):
+            for col in ("classified_as_target", "chroma", "wave_corr", "is_copy",
+                        "closer_to_target", "noise", "success"):
                 v = row.get(col)
                 if v is not None and not pd.isna(v):
                     out[f"{prefix}_{col}"] = float(v)

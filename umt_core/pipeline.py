@@ -26,7 +26,8 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,8 @@ DEFAULT_MANIFEST = "data_manifests/scores.yaml"
 SEPARATE_DATA = {"smoke"}
 # The notebook parameter holding dotted config overrides, e.g. {"train.lr": 1e-4}.
 CONFIG_OVERRIDES = "overrides"
+# Top-level config fields that are overrides too, though their names have no dot.
+CONFIG_FIELDS = {"domains", "mu_law"}
 
 # Every preset's notebook parameters, in one place. Besides these, each notebook gets the
 # common ones (see `common_parameters`). A notebook receives only the parameters its
@@ -168,8 +171,8 @@ def plan_study(
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     overrides = dict(overrides or {})
-    config = {k: v for k, v in overrides.items() if "." in k}
-    plain = {k: v for k, v in overrides.items() if "." not in k}
+    config = {k: v for k, v in overrides.items() if "." in k or k in CONFIG_FIELDS}
+    plain = {k: v for k, v in overrides.items() if k not in config}
     plan, used = [], set()
     for stem in stems:
         path = notebooks_dir / f"{stem}.ipynb"
@@ -349,6 +352,19 @@ class Experiment:
     description: str
     variants: dict[str, dict[str, Any]]
     notebooks: tuple[str, ...] = NOTEBOOKS
+    # Parameters of every variant, under the command line's and the variant's own.
+    base: dict[str, Any] = field(default_factory=dict)
+    # Writes the experiment's own summary into results/<name>/ from every variant found
+    # there (instead of the generic comparison of the variants this invocation ran).
+    summarize: Callable[[Path], Any] | None = None
+
+
+def _search_experiment() -> Experiment:
+    from . import search
+
+    return Experiment(search.DESCRIPTION, search.variants(),
+                      notebooks=("02_train", "04_listening_tests"), base=dict(search.BASE),
+                      summarize=search.write_summary)
 
 
 EXPERIMENTS: dict[str, Experiment] = {
@@ -360,6 +376,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             "shared": {"model.shared_decoder": True},
         },
     ),
+    "cpu-bottleneck": _search_experiment(),
 }
 
 
@@ -373,31 +390,49 @@ def run_experiment(
     progress: bool = False,
     command: str | None = None,
     log=print,
+    only: list[str] | None = None,
 ) -> dict[str, StudyReport]:
-    """Run every variant of an experiment (a failed variant does not stop the others),
-    then write results/<name>/{metrics.json,index.html}. Raises `StudyFailed` at the end
-    if any variant failed."""
+    """Run every variant of an experiment (or those named in `only`; a failed variant
+    does not stop the others), then write results/<name>/{metrics.json,index.html} (or
+    the experiment's own summary). Raises `StudyFailed` at the end if any variant
+    failed. A variant may name its own `manifest`; each manifest is prepared first
+    when the experiment does not run notebook 01."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS)}")
     exp = EXPERIMENTS[name]
+    chosen = experiment_variants(name, only)
     root = Path(root or project_root()).resolve()
+    runs = {}
+    for variant in chosen:
+        params = {**exp.base, **(overrides or {}), **exp.variants[variant]}
+        runs[variant] = (params.pop("manifest", None) or manifest, params)
+    if "01_data_prep" not in exp.notebooks:
+        from .data import prep
+
+        for m in dict.fromkeys(m or DEFAULT_MANIFEST for m, _ in runs.values()):
+            prep(root / m if not Path(m).is_absolute() else m, progress=progress, log=log)
     reports, failures = {}, []
-    for variant, params in exp.variants.items():
+    for variant, (variant_manifest, params) in runs.items():
         log(f"== {name}/{variant}")
         try:
             reports[variant] = run_study(
-                preset, f"{name}/{variant}", manifest, {**(overrides or {}), **params},
+                preset, f"{name}/{variant}", variant_manifest, params,
                 root=root, stems=exp.notebooks, progress=progress, command=command, log=log)
         except StudyFailed as e:
             reports[variant] = e.report
             failures.append(e)
             log(f"error: {e.details}")
     out = root / "results" / name
-    metrics = {v: r.metrics for v, r in reports.items()}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
-    page = experiment_html(name, exp.description, exp.variants, reports)
-    (out / "index.html").write_text(page, encoding="utf-8")
-    log(f"Comparison: {out / 'index.html'}")
+    out.mkdir(parents=True, exist_ok=True)
+    if exp.summarize is not None:
+        exp.summarize(root)
+        log(f"Summary: {out / 'index.html'}")
+    else:
+        metrics = {v: r.metrics for v, r in reports.items()}
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+        page = experiment_html(name, exp.description, exp.variants, reports)
+        (out / "index.html").write_text(page, encoding="utf-8")
+        log(f"Comparison: {out / 'index.html'}")
     if failures:
         failed = ", ".join(f"{name}/{f.report.run.split('/')[-1]} ({f.stem})" for f in failures)
         raise StudyFailed(failures[0].stem, f"variants failed: {failed}", failures[0].report)
@@ -419,6 +454,17 @@ def _finish(report: StudyReport, root: Path, manifest: str, started: float, cont
     (out / "metrics.json").write_text(json.dumps(report.metrics, indent=2, allow_nan=False) + "\n")
     (out / "provenance.json").write_text(json.dumps(report.provenance, indent=2) + "\n")
     (out / "index.html").write_text(index_html(report), encoding="utf-8")
+
+
+def experiment_variants(name: str, only: list[str] | None = None) -> list[str]:
+    """The variants of experiment `name` to run: all, or those in `only` (checked)."""
+    variants = list(EXPERIMENTS[name].variants)
+    if not only:
+        return variants
+    unknown = [v for v in only if v not in variants]
+    if unknown:
+        raise ValueError(f"experiment {name} has no variant(s) {unknown}; choose from {variants}")
+    return [v for v in variants if v in only]
 
 
 def _round(x: float | None) -> float | None:
@@ -443,6 +489,11 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated subset to run, by stem or number (e.g. 03,04)")
     p.add_argument("--experiment", default=None, choices=sorted(EXPERIMENTS),
                    help="run every variant of a named comparison into results/<experiment>/")
+    p.add_argument("--variants", default=None,
+                   help="with --experiment: comma-separated subset of its variants to run")
+    p.add_argument("--summarize", action="store_true",
+                   help="with --experiment: only rebuild results/<experiment>/ from the "
+                        "variants' results already there")
     p.add_argument("--dry-run", action="store_true",
                    help="print each notebook's parameters and stop")
     p.set_defaults(func=_cli_study)
@@ -466,15 +517,30 @@ def _cli_study(args: argparse.Namespace) -> int:
     command = " ".join(["python -m umt_core", *sys.argv[1:]])
     if args.experiment and (args.run or args.notebooks):
         raise ValueError("--experiment names its own runs and notebooks; drop --run/--notebooks")
+    if (args.variants or args.summarize) and not args.experiment:
+        raise ValueError("--variants and --summarize go with --experiment")
+    only = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+    if args.summarize:
+        exp = EXPERIMENTS[args.experiment]
+        root = project_root()
+        if exp.summarize is None:
+            raise ValueError(f"experiment {args.experiment} has no summary of its own")
+        exp.summarize(root)
+        print(f"Summary: {root / 'results' / args.experiment / 'index.html'}")
+        return 0
     if args.dry_run:
         root = project_root()
-        runs = {args.run or args.preset: overrides}
+        runs = {args.run or args.preset: (args.manifest, overrides)}
         if args.experiment:
             exp = EXPERIMENTS[args.experiment]
             stems = exp.notebooks
-            runs = {f"{args.experiment}/{v}": {**overrides, **p} for v, p in exp.variants.items()}
-        for run, params in runs.items():
-            manifest = preset_manifest(root, args.manifest or DEFAULT_MANIFEST, args.preset,
+            runs = {}
+            for v in experiment_variants(args.experiment, only):
+                params = {**exp.base, **overrides, **exp.variants[v]}
+                runs[f"{args.experiment}/{v}"] = (params.pop("manifest", None) or args.manifest,
+                                                  params)
+        for run, (run_manifest, params) in runs.items():
+            manifest = preset_manifest(root, run_manifest or DEFAULT_MANIFEST, args.preset,
                                        write=False)
             for nb in plan_study(args.preset, run, manifest, params,
                                  notebooks_dir=root / "notebooks", stems=stems):
@@ -483,7 +549,7 @@ def _cli_study(args: argparse.Namespace) -> int:
     try:
         if args.experiment:
             run_experiment(args.experiment, args.preset, args.manifest, overrides,
-                           progress=sys.stderr.isatty(), command=command)
+                           progress=sys.stderr.isatty(), command=command, only=only)
         else:
             run_study(args.preset, args.run, args.manifest, overrides, stems=stems,
                       progress=sys.stderr.isatty(), command=command)

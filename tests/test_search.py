@@ -1,0 +1,125 @@
+"""The CPU translation search (experiment cpu-bottleneck): its points, how the pipeline
+runs a subset of them, and the summary (table, goal, figure) built from results."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+from test_pipeline import standin_root  # noqa: F401 - fixture
+
+from umt_core import config, data, pipeline, search
+from umt_core.__main__ import main
+
+
+def test_every_point_plans_against_the_real_notebooks_and_resolves_to_a_config():
+    for name, params in search.variants().items():
+        params = {**search.BASE, **params}
+        manifest = params.pop("manifest")
+        assert (REPO / manifest).is_file(), manifest
+        plan = pipeline.plan_study("cpu", f"{search.NAME}/{name}", manifest, params,
+                                   notebooks_dir=REPO / "notebooks",
+                                   stems=("02_train", "04_listening_tests"))
+        train_nb, eval_nb = plan
+        cfg = config.preset("cpu", train_nb.parameters["overrides"])
+        point = search.POINTS[name]
+        assert cfg.model.latent_channels * point.sample_rate / cfg.model.pool == \
+            point.numbers_per_second
+        assert cfg.model.receptive_field == point.receptive_field
+        assert cfg.train.max_minutes == search.BUDGET_MINUTES
+        assert cfg.domains == list(point.domains)
+        assert eval_nb.parameters["checkpoints"] == \
+            [f"runs/{search.NAME}/{name}/checkpoints/last.pt"]
+        assert data.load_manifest(REPO / manifest).sample_rate == point.sample_rate
+
+
+def test_the_sweep_covers_every_knob_the_search_needs():
+    pts = list(search.POINTS.values())
+    sizes = {p.numbers_per_second for p in pts}
+    assert min(sizes) <= 500 and max(sizes) >= 4000
+    base = search.POINTS["b2000"]
+    varied = {k for p in pts for k in ("confusion", "ramp_steps", "augment", "receptive_field",
+                                       "corruption", "sample_rate", "domains", "seed")
+              if getattr(p, k) != getattr(base, k)}
+    assert varied == {"confusion", "ramp_steps", "augment", "receptive_field", "corruption",
+                      "sample_rate", "domains", "seed"}
+    assert set(search.ALL_DOMAINS) == set(data.load_manifest(REPO / search.MANIFEST_8K).domains)
+
+
+def _fake_point(root: Path, name: str, *, chroma, target, wave=0.05, closer=0.9, success=None):
+    out = root / "results" / search.NAME / name
+    out.mkdir(parents=True)
+    p = f"{name}-last"
+    ev = {f"{p}_translation_chroma": chroma, f"{p}_translation_classified_as_target": target,
+          f"{p}_translation_wave_corr": wave, f"{p}_translation_closer_to_target": closer,
+          f"{p}_translation_success": target if success is None else success,
+          f"{p}_identity_chroma": 1.0, f"{p}_identity_classified_as_target": 0.0,
+          f"{p}_unrelated_chroma": 0.05, f"{p}_unrelated_classified_as_target": 1.0,
+          f"{p}_ground_truth_chroma": 0.8, f"{p}_ground_truth_classified_as_target": 1.0,
+          "latent_probe_accuracy": 0.6, "latent_probe_chance": 0.5, "latent_use_gap": 0.3}
+    (out / "04_listening_tests.json").write_text(json.dumps(ev))
+    (out / "02_train.json").write_text(json.dumps({"steps": 700, "train_minutes": 20.0}))
+
+
+def test_summary_tables_every_run_found_and_marks_the_goal(tmp_path):
+    _fake_point(tmp_path, "b1000", chroma=0.7, target=0.8, success=0.6)
+    _fake_point(tmp_path, "b4000", chroma=0.95, target=0.1, wave=0.8)  # a copy
+    _fake_point(tmp_path, "b2000", chroma=0.65, target=0.9, closer=0.5)  # wrong direction
+    (tmp_path / "results" / search.NAME / "b500").mkdir()  # not evaluated yet: left out
+    rows = search.write_summary(tmp_path)
+    assert [r["run"] for r in rows] == ["b1000", "b2000", "b4000"]  # the sweep's order
+    assert [r["meets_goal"] for r in rows] == [True, False, False]
+    out = tmp_path / "results" / search.NAME
+    table = list(csv.DictReader((out / "runs.csv").read_text().splitlines()))
+    assert table[0]["numbers_per_s"] == "1000" and table[0]["meets_goal"] == "True"
+    assert float(table[2]["wave_corr"]) == 0.8
+    md = (out / "summary.md").read_text()
+    assert "Runs meeting the goal: b1000." in md and "ground truth: chroma 0.800" in md
+    assert (out / "frontier.png").stat().st_size > 10_000
+    page = (out / "index.html").read_text()
+    assert 'href="b4000/index.html"' in page and 'src="frontier.png"' in page
+
+
+def test_summary_without_results_says_so(tmp_path):
+    assert search.write_summary(tmp_path) == []
+    assert "No run has results yet." in (tmp_path / "results" / search.NAME / "summary.md").read_text()
+
+
+def test_experiment_runs_a_subset_with_its_base_and_prepares_each_manifest(
+        standin_root, monkeypatch):  # noqa: F811
+    prepared, summarized = [], []
+    monkeypatch.setattr(data, "prep", lambda m, **kw: prepared.append(Path(m).name))
+    exp = pipeline.Experiment(
+        "demo", {"a": {"steps": 2, "manifest": "m8.yaml"}, "b": {"steps": 3},
+                 "c": {"steps": 4, "manifest": "m8.yaml"}},
+        notebooks=("02_train",), base={"steps": 1, "preset": "paper"},
+        summarize=lambda root: summarized.append(root))
+    monkeypatch.setitem(pipeline.EXPERIMENTS, "demo", exp)
+    reports = pipeline.run_experiment("demo", "smoke", "m16.yaml", {"steps": 7},
+                                      root=standin_root, only=["c", "b"], log=lambda *a: None)
+    assert list(reports) == ["b", "c"] and prepared == ["m16.yaml", "m8.yaml"]
+    out = standin_root / "results" / "demo"
+    steps = {v: json.loads((out / v / "02_train.json").read_text())["steps"] for v in "bc"}
+    assert steps == {"b": 3, "c": 4}  # the variant's value beats the command line's
+    assert not (out / "a").exists() and summarized == [standin_root.resolve()]
+    with pytest.raises(ValueError, match="no variant"):
+        pipeline.run_experiment("demo", "smoke", root=standin_root, only=["zzz"])
+
+
+def test_cli_dry_run_and_summarize(capsys, monkeypatch, tmp_path):
+    assert main(["study", "--experiment", search.NAME, "--variants", "b500,b2000-16k",
+                 "-p", "train.max_minutes=3", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4
+    assert '"manifest": "data_manifests/scores.yaml"' in lines[2]  # the 16 kHz point
+    assert '"train.max_minutes": 3' in lines[0]
+    monkeypatch.setattr(pipeline, "project_root", lambda: tmp_path)
+    _fake_point(tmp_path, "b1000", chroma=0.3, target=0.5)
+    assert main(["study", "--experiment", search.NAME, "--summarize"]) == 0
+    assert (tmp_path / "results" / search.NAME / "runs.csv").is_file()
+    capsys.readouterr()
+    assert main(["study", "--variants", "b500"]) != 0
+    assert "--variants and --summarize go with --experiment" in capsys.readouterr().err

@@ -1,0 +1,374 @@
+"""The CPU translation search (`python -m umt_core study --experiment cpu-bottleneck`).
+
+Where, on 2 CPU cores and a fixed time budget, does the network start to translate:
+keep the notes of the source and change its instrument? Each point of the sweep trains
+a model with notebook 02 under `train.max_minutes` and evaluates its last checkpoint
+with notebook 04 on the paired held-out clips. The knobs are the bottleneck (latent
+channels x frames per second, in numbers per second), the confusion weight (and a
+ramp), pitch-shift augmentation, the decoders' receptive field, decoder-input
+corruption and the sample rate; two domains (piano, cello) first, then all four.
+
+`summarize` reads every point found under results/cpu-bottleneck/ (also points run by
+an earlier or a parallel invocation) and writes there:
+
+    runs.csv      one row per run: its setting, steps, minutes and every metric
+    summary.md    the same as a table, with the goal and the baselines
+    frontier.png  content kept (chroma agreement with the source) against instrument
+                  changed (classifier says target), one point per run, labelled by
+                  bottleneck size, with the identity, unrelated-clip and
+                  ground-truth reference points
+    index.html    the figure and the table, linking each run's report
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+NAME = "cpu-bottleneck"
+MANIFEST_16K = "data_manifests/scores.yaml"
+MANIFEST_8K = "data_manifests/scores-8k.yaml"
+TWO_DOMAINS = ["piano", "cello"]
+ALL_DOMAINS = ["piano", "harpsichord", "cello", "flute"]
+BUDGET_MINUTES = 20.0  # training time of every run (override: -p train.max_minutes=N)
+
+# The goal of the search, on the paired held-out clips.
+GOAL = {"chroma": 0.6, "wave_corr": 0.2, "closer_to_target": 0.75,
+        "classified_as_target": 0.75, "success": 0.5}
+
+
+@dataclass(frozen=True)
+class Point:
+    """One setting of the sweep; `changes` are the knobs that differ from the base."""
+
+    name: str
+    latent: int
+    pool: int
+    sample_rate: int = 8000
+    confusion: float = 1e-2
+    ramp_steps: int = 0
+    augment: bool = True
+    decoder_blocks: int = 2
+    decoder_layers: int = 6
+    corruption: float = 0.1
+    domains: tuple[str, ...] = tuple(TWO_DOMAINS)
+    seed: int = 1
+    changes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def numbers_per_second(self) -> float:
+        return self.latent * self.sample_rate / self.pool
+
+    @property
+    def receptive_field(self) -> int:
+        return self.decoder_blocks * (2**self.decoder_layers - 1) + 2
+
+    def setting(self) -> dict[str, Any]:
+        return {
+            "sample_rate": self.sample_rate, "latent": self.latent, "pool": self.pool,
+            "numbers_per_s": round(self.numbers_per_second),
+            "confusion": self.confusion, "ramp_steps": self.ramp_steps,
+            "augment": self.augment, "receptive_field": self.receptive_field,
+            "receptive_ms": round(1000 * self.receptive_field / self.sample_rate, 1),
+            "corruption": self.corruption, "domains": "+".join(self.domains),
+            "seed": self.seed, "changes": self.changes or "base",
+        }
+
+    def parameters(self) -> dict[str, Any]:
+        """The study parameters of this point (notebook parameters and config keys)."""
+        run = f"{NAME}/{self.name}"
+        two = len(self.domains) == 2
+        return {
+            "manifest": MANIFEST_8K if self.sample_rate == 8000 else MANIFEST_16K,
+            "steps": 10**9,  # the time budget ends training
+            "domains": list(self.domains),
+            "model.latent_channels": self.latent,
+            "model.pool": self.pool,
+            "model.decoder_blocks": self.decoder_blocks,
+            "model.decoder_layers": self.decoder_layers,
+            "model.residual_channels": 48,
+            "model.skip_channels": 48,
+            "train.confusion_weight": self.confusion,
+            "train.confusion_ramp_steps": self.ramp_steps,
+            "train.augment": self.augment,
+            "train.input_corruption": self.corruption,
+            "train.seed": self.seed,
+            # short segments, small batches: many steps in the budget (the same
+            # seconds of audio per step at either sample rate)
+            "train.batch_per_domain": 4,
+            "train.segment_samples": 2048 * self.sample_rate // 8000,
+            "train.steps_per_epoch": 100,
+            "train.lr_decay": 0.99,
+            # evaluation: every paired test work (8) per source with two domains
+            "checkpoints": [f"runs/{run}/checkpoints/last.pt"],
+            "source_domains": list(self.domains),
+            "target_domains": list(self.domains),
+            "source_clips": 8 if two else 4,
+            "seconds_per_clip": 2.0,
+            "samples_to_show": 2,
+            "n_trials": 4,
+            **self.extra,
+        }
+
+
+def _points() -> list[Point]:
+    base = {"latent": 16, "pool": 64}  # 2,000 numbers per second at 8 kHz
+    pts = [
+        # the bottleneck: latent channels x frames per second (pool 64 at 8 kHz = 125/s)
+        Point("b500", latent=4, pool=64, changes="bottleneck 500/s"),
+        Point("b1000", latent=8, pool=64, changes="bottleneck 1,000/s"),
+        Point("b2000", **base),
+        Point("b4000", latent=32, pool=64, changes="bottleneck 4,000/s"),
+        Point("b2000-pool32", latent=8, pool=32, changes="2,000/s as 8 channels x 250/s"),
+        # the confusion weight and a schedule
+        Point("b2000-conf0.1", **base, confusion=0.1, changes="confusion 0.1"),
+        Point("b2000-ramp0.1", **base, confusion=0.1, ramp_steps=500,
+              changes="confusion 0 -> 0.1 over 500 steps"),
+        # augmentation, receptive field, input corruption
+        Point("b2000-noaug", **base, augment=False, changes="no pitch-shift augmentation"),
+        Point("b2000-rf511", **base, decoder_layers=8, changes="decoder RF 511 (2x8)"),
+        Point("b2000-rf65", **base, decoder_blocks=1, changes="decoder RF 65 (1x6)"),
+        Point("b2000-clean", **base, corruption=0.0, changes="no input corruption"),
+        Point("b2000-corrupt0.3", **base, corruption=0.3, changes="input corruption 0.3"),
+        # the sample rate: 16 kHz at the same bottleneck size
+        Point("b2000-16k", latent=16, pool=128, sample_rate=16000,
+              changes="16 kHz (pool 128)"),
+        # a second seed of the chosen points, then every default domain
+        Point("b2000-seed2", **base, seed=2, changes="seed 2"),
+        Point("b1000-seed2", latent=8, pool=64, seed=2, changes="bottleneck 1,000/s, seed 2"),
+        Point("b2000-4dom", **base, domains=tuple(ALL_DOMAINS), changes="all four domains"),
+    ]
+    names = [p.name for p in pts]
+    assert len(set(names)) == len(names), names
+    return pts
+
+
+POINTS: dict[str, Point] = {p.name: p for p in _points()}
+
+
+def variants() -> dict[str, dict[str, Any]]:
+    return {name: p.parameters() for name, p in POINTS.items()}
+
+
+BASE = {"train.max_minutes": BUDGET_MINUTES}
+
+DESCRIPTION = (
+    "The CPU translation search: models trained for a fixed time on 2 CPU cores with "
+    "different bottlenecks, confusion weights, augmentation, receptive fields, input "
+    "corruption and sample rates, each evaluated on the paired held-out clips "
+    "(content kept, copy, direction, instrument changed, latent probe and use).")
+
+
+# ------------------------------------------------------------------------- summary
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def run_row(root: Path, name: str) -> dict[str, Any] | None:
+    """The setting and figures of one point, from its results directory (None when the
+    point has not run or its evaluation is missing)."""
+    out = root / "results" / NAME / name
+    ev = _load(out / "04_listening_tests.json")
+    tr = _load(out / "02_train.json")
+    if not ev:
+        return None
+    point = POINTS.get(name)
+    prefix = next((k[: -len("_translation_success")] for k in ev
+                   if k.endswith("_translation_success")), None)
+    if prefix is None:
+        return None
+
+    def fig(condition: str, signal: str) -> float:
+        return float(ev.get(f"{prefix}_{condition}_{signal}", math.nan))
+
+    row: dict[str, Any] = {"run": name, **(point.setting() if point else {})}
+    row.update({
+        "steps": tr.get("steps"),
+        "train_minutes": tr.get("train_minutes"),
+        "val_recon": tr.get("best_val_recon"),
+        "chroma": fig("translation", "chroma"),
+        "wave_corr": fig("translation", "wave_corr"),
+        "closer_to_target": fig("translation", "closer_to_target"),
+        "classified_as_target": fig("translation", "classified_as_target"),
+        "success": fig("translation", "success"),
+        "recon_chroma": fig("reconstruction", "chroma"),
+        "recon_classified_ok": fig("reconstruction", "classified_as_target"),
+        "latent_probe": float(ev.get("latent_probe_accuracy", math.nan)),
+        "probe_chance": float(ev.get("latent_probe_chance", math.nan)),
+        "latent_use_gap": float(ev.get("latent_use_gap", math.nan)),
+        "gt_chroma": fig("ground_truth", "chroma"),
+        "unrelated_chroma": fig("unrelated", "chroma"),
+        "identity_chroma": fig("identity", "chroma"),
+        "gt_classified_as_target": fig("ground_truth", "classified_as_target"),
+        "unrelated_classified_as_target": fig("unrelated", "classified_as_target"),
+        "identity_classified_as_target": fig("identity", "classified_as_target"),
+    })
+    row["meets_goal"] = meets_goal(row)
+    return row
+
+
+def meets_goal(row: dict[str, Any]) -> bool:
+    def ok(key, above=True):
+        v = row.get(key)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return False
+        return v >= GOAL[key] if above else v <= GOAL[key]
+
+    return (ok("chroma") and ok("wave_corr", above=False) and ok("closer_to_target")
+            and ok("classified_as_target") and ok("success"))
+
+
+def collect(root: Path) -> list[dict[str, Any]]:
+    """Rows of every point that has results, in the sweep's order (unknown names last)."""
+    base = root / "results" / NAME
+    found = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+    order = [n for n in POINTS if n in found] + [n for n in found if n not in POINTS]
+    return [r for r in (run_row(root, n) for n in order) if r is not None]
+
+
+COLUMNS = ["run", "changes", "sample_rate", "numbers_per_s", "latent", "pool", "confusion",
+           "augment", "receptive_field", "corruption", "domains", "seed", "steps",
+           "train_minutes", "val_recon", "chroma", "wave_corr", "closer_to_target",
+           "classified_as_target", "success", "recon_classified_ok", "latent_probe",
+           "probe_chance", "latent_use_gap", "gt_chroma", "unrelated_chroma", "meets_goal"]
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.3g}" if abs(v) >= 100 else f"{v:.3f}"
+    return "" if v is None else str(v)
+
+
+def write_summary(root: Path) -> list[dict[str, Any]]:
+    """runs.csv, summary.md, frontier.png and index.html under results/cpu-bottleneck/."""
+    rows = collect(root)
+    out = root / "results" / NAME
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "runs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _fmt(r.get(k)) for k in COLUMNS})
+    (out / "summary.md").write_text(summary_markdown(rows))
+    if rows:
+        frontier_figure(rows, out / "frontier.png")
+    (out / "index.html").write_text(summary_html(rows), encoding="utf-8")
+    return rows
+
+
+def _baselines(rows: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """Mean (instrument changed, content kept) of each reference condition."""
+    def mean(key):
+        vals = [r[key] for r in rows if isinstance(r.get(key), float) and not math.isnan(r[key])]
+        return sum(vals) / len(vals) if vals else math.nan
+
+    return {name: (mean(f"{key}_classified_as_target"), mean(f"{key}_chroma"))
+            for name, key in (("identity (copy)", "identity"), ("unrelated clip", "unrelated"),
+                              ("ground truth", "gt"))}
+
+
+MD_COLUMNS = [("run", "run"), ("changes", "setting"), ("numbers_per_s", "numbers/s"),
+              ("train_minutes", "min"), ("steps", "steps"), ("chroma", "chroma"),
+              ("wave_corr", "wave corr"), ("closer_to_target", "closer to target"),
+              ("classified_as_target", "classified target"), ("success", "success"),
+              ("latent_probe", "latent probe"), ("latent_use_gap", "latent-use gap")]
+
+
+def summary_markdown(rows: list[dict[str, Any]]) -> str:
+    intro = ("Every run trains for a fixed time on 2 CPU cores and is evaluated (its last "
+             "checkpoint) on the paired held-out clips. Goal: chroma >= "
+             f"{GOAL['chroma']}, waveform correlation <= {GOAL['wave_corr']}, closer to the "
+             f"target >= {GOAL['closer_to_target']:.0%}, classified as the target >= "
+             f"{GOAL['classified_as_target']:.0%}, success >= {GOAL['success']:.0%}.")
+    lines = [f"# {NAME}: the CPU translation search", "", intro, ""]
+    if not rows:
+        return "\n".join(lines + ["No run has results yet.", ""])
+    base = _baselines(rows)
+    lines += ["Reference points (mean over runs): " + "; ".join(
+        f"{k}: chroma {v[1]:.3f}, classified as target {v[0]:.2f}" for k, v in base.items()),
+        ""]
+    lines.append("| " + " | ".join(h for _, h in MD_COLUMNS) + " |")
+    lines.append("|" + "---|" * len(MD_COLUMNS))
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(k)) for k, _ in MD_COLUMNS) + " |")
+    met = [r["run"] for r in rows if r["meets_goal"]]
+    lines += ["", f"Runs meeting the goal: {', '.join(met) if met else 'none'}.", ""]
+    return "\n".join(lines)
+
+
+def frontier_figure(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    ax.add_patch(plt.Rectangle((GOAL["classified_as_target"], GOAL["chroma"]),
+                               1.05 - GOAL["classified_as_target"], 1.05 - GOAL["chroma"],
+                               color="tab:green", alpha=0.12, lw=0, label="goal"))
+    markers = {8000: "o", 16000: "s"}
+    for r in rows:
+        x, y = r["classified_as_target"], r["chroma"]
+        if math.isnan(x) or math.isnan(y):
+            continue
+        color = "tab:red" if r.get("wave_corr", 0) > GOAL["wave_corr"] else "tab:blue"
+        ax.scatter(x, y, marker=markers.get(r.get("sample_rate"), "^"), color=color, s=40,
+                   zorder=3)
+        label = f"{r.get('numbers_per_s', '?')}/s"
+        if r.get("changes") not in (None, "base") and not str(r["changes"]).startswith("bottleneck"):
+            label += f" {r['changes']}"
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    for (name, (x, y)), mk in zip(_baselines(rows).items(), ("X", "D", "*")):
+        if not (math.isnan(x) or math.isnan(y)):
+            ax.scatter(x, y, marker=mk, color="black", s=80, zorder=4)
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(-6, -12), fontsize=8,
+                        ha="right" if x > 0.5 else "left")
+    ax.scatter([], [], marker="o", color="tab:blue", label="run, 8 kHz")
+    ax.scatter([], [], marker="s", color="tab:blue", label="run, 16 kHz")
+    ax.scatter([], [], marker="o", color="tab:red", label=f"copies (wave corr > {GOAL['wave_corr']})")
+    ax.set(xlim=(-0.05, 1.05), ylim=(min(-0.1, min(r["chroma"] for r in rows) - 0.05), 1.05),
+           xlabel="instrument changed: translations classified as the target",
+           ylabel="content kept: chroma agreement with the source",
+           title="CPU translation search: every run, labelled by bottleneck size")
+    ax.legend(fontsize=8, loc="center left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary_html(rows: list[dict[str, Any]]) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for _, h in MD_COLUMNS)
+    body = ""
+    for r in rows:
+        cells = []
+        for k, _ in MD_COLUMNS:
+            v = _fmt(r.get(k))
+            cells.append(f'<td><a href="{e(r["run"])}/index.html">{e(v)}</a></td>' if k == "run"
+                         else f"<td>{e(v)}</td>")
+        mark = ' class="goal"' if r["meets_goal"] else ""
+        body += f"<tr{mark}>{''.join(cells)}</tr>"
+    figure = '<p><img src="frontier.png" alt="content kept against instrument changed"></p>' \
+        if rows else "<p>No run has results yet.</p>"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>UMT study: {e(NAME)}</title>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:auto}}
+table{{border-collapse:collapse;font-size:90%}}td,th{{border:1px solid #ccc;padding:2px 6px}}
+tr.goal{{background:#dfd}}</style></head><body>
+<h1>Experiment {e(NAME)}</h1><p>{e(DESCRIPTION)}</p>
+{figure}
+<table><tr>{head}</tr>{body}</table>
+<p>Machine-readable: <a href="runs.csv">runs.csv</a>; the same table with the goal and
+the reference points: <a href="summary.md">summary.md</a>.</p>
+</body></html>
+"""
