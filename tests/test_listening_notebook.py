@@ -62,6 +62,10 @@ def test_notebook_runs_under_papermill_with_demo_answers(smoke_study):
     assert "smoke-best_ground_truth_success" in figures
     assert "classifier_heldout_accuracy" in figures and "latent_probe_accuracy" in figures
     assert (results / "figures" / "04_success.png").is_file()
+    # the examples shown, also as WAV files: source, translation and paired ground truth
+    wavs = sorted(p.name for p in (results / "examples").glob("*.wav"))
+    assert wavs and {w.rsplit("_", 1)[-1] for w in wavs} >= {"source.wav", "translation.wav"}
+    assert any(w.endswith("_ground_truth.wav") for w in wavs)
     key = json.loads((results / "listening" / "stimuli" / "key.json").read_text())
     assert {v["system"] for v in key["stimuli"].values()} == {"smoke-best", "ground_truth"}
     out = (tmp_path / "out.ipynb").read_text()

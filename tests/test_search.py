@@ -68,19 +68,24 @@ def test_summary_tables_every_run_found_and_marks_the_goal(tmp_path):
     _fake_point(tmp_path, "b1000", chroma=0.7, target=0.8, success=0.6)
     _fake_point(tmp_path, "b4000", chroma=0.95, target=0.1, wave=0.8)  # a copy
     _fake_point(tmp_path, "b2000", chroma=0.65, target=0.9, closer=0.5)  # wrong direction
-    (tmp_path / "results" / search.NAME / "b500").mkdir()  # not evaluated yet: left out
+    _fake_point(tmp_path, "b500", chroma=0.55, target=0.9)  # under 75% of the truth's 0.8
+    _fake_point(tmp_path, "b1000@12min", chroma=0.1, target=0.3)  # an earlier budget
+    (tmp_path / "results" / search.NAME / "b2000-16k").mkdir()  # not evaluated: left out
     rows = search.write_summary(tmp_path)
-    assert [r["run"] for r in rows] == ["b1000", "b2000", "b4000"]  # the sweep's order
-    assert [r["meets_goal"] for r in rows] == [True, False, False]
+    assert [r["run"] for r in rows] == ["b500", "b1000", "b1000@12min", "b2000", "b4000"]
+    assert [r["meets_goal"] for r in rows] == [False, True, False, False, False]
+    assert rows[2]["numbers_per_s"] == 1000
+    rows = [r for r in rows if r["run"] != "b1000@12min"]
+    assert rows[1]["chroma_vs_gt"] == pytest.approx(0.7 / 0.8)
     out = tmp_path / "results" / search.NAME
     table = list(csv.DictReader((out / "runs.csv").read_text().splitlines()))
-    assert table[0]["numbers_per_s"] == "1000" and table[0]["meets_goal"] == "True"
-    assert float(table[2]["wave_corr"]) == 0.8
+    assert table[1]["numbers_per_s"] == "1000" and table[1]["meets_goal"] == "True"
+    assert float(table[4]["wave_corr"]) == 0.8
     md = (out / "summary.md").read_text()
     assert "Runs meeting the goal: b1000." in md and "ground truth: chroma 0.800" in md
     assert (out / "frontier.png").stat().st_size > 10_000
     page = (out / "index.html").read_text()
-    assert 'href="b4000/index.html"' in page and 'src="frontier.png"' in page
+    assert 'href="b4000/"' in page and 'src="frontier.png"' in page
 
 
 def test_summary_without_results_says_so(tmp_path):

@@ -37,8 +37,13 @@ TWO_DOMAINS = ["piano", "cello"]
 ALL_DOMAINS = ["piano", "harpsichord", "cello", "flute"]
 BUDGET_MINUTES = 20.0  # training time of every run (override: -p train.max_minutes=N)
 
-# The goal of the search, on the paired held-out clips.
-GOAL = {"chroma": 0.6, "wave_corr": 0.2, "closer_to_target": 0.75,
+# The goal of the search, on the paired held-out clips. Content is judged against the
+# true rendering of the same notes in the target instrument: the goal's "chroma >= 0.6
+# where the true rendering gets about 0.8" is 75% of the ground truth's agreement. Our
+# chroma agreement (per-frame correlation of 12-bin chroma vectors, unrelated clips ~0)
+# gives the ground truth about 0.46 at 8 kHz and 0.61 at 16 kHz, so an absolute 0.6
+# would ask more than the real rendering reaches.
+GOAL = {"chroma_vs_gt": 0.75, "wave_corr": 0.2, "closer_to_target": 0.75,
         "classified_as_target": 0.75, "success": 0.5}
 
 
@@ -119,6 +124,7 @@ class Point:
 
 def _points() -> list[Point]:
     base = {"latent": 16, "pool": 64}  # 2,000 numbers per second at 8 kHz
+    chosen = {**base, "decoder_blocks": 1, "corruption": 0.3, "confusion": 0.1}
     pts = [
         # the bottleneck: latent channels x frames per second (pool 64 at 8 kHz = 125/s)
         Point("b500", latent=4, pool=64, changes="bottleneck 500/s"),
@@ -136,13 +142,23 @@ def _points() -> list[Point]:
         Point("b2000-rf65", **base, decoder_blocks=1, changes="decoder RF 65 (1x6)"),
         Point("b2000-clean", **base, corruption=0.0, changes="no input corruption"),
         Point("b2000-corrupt0.3", **base, corruption=0.3, changes="input corruption 0.3"),
+        # the two knobs that made the decoders use the latent most, together
+        Point("b2000-rf65-c0.3", **base, decoder_blocks=1, corruption=0.3,
+              changes="decoder RF 65 and input corruption 0.3"),
+        Point("b2000-c0.3-conf0.1", **base, corruption=0.3, confusion=0.1,
+              changes="input corruption 0.3 and confusion 0.1"),
+        Point("b2000-rf65-c0.3-conf0.1", **chosen,
+              changes="decoder RF 65, input corruption 0.3, confusion 0.1"),
         # the sample rate: 16 kHz at the same bottleneck size
         Point("b2000-16k", latent=16, pool=128, sample_rate=16000,
               changes="16 kHz (pool 128)"),
-        # a second seed of the chosen points, then every default domain
+        # the chosen point (the three knobs together): a second seed, a longer budget
+        # (raise train.max_minutes on it: the run resumes), then every default domain
+        Point("b2000-rf65-c0.3-conf0.1-seed2", **chosen, seed=2,
+              changes="decoder RF 65, input corruption 0.3, confusion 0.1; seed 2"),
+        Point("b2000-rf65-c0.3-conf0.1-4dom", **chosen, domains=tuple(ALL_DOMAINS),
+              changes="decoder RF 65, input corruption 0.3, confusion 0.1; all four domains"),
         Point("b2000-seed2", **base, seed=2, changes="seed 2"),
-        Point("b1000-seed2", latent=8, pool=64, seed=2, changes="bottleneck 1,000/s, seed 2"),
-        Point("b2000-4dom", **base, domains=tuple(ALL_DOMAINS), changes="all four domains"),
     ]
     names = [p.name for p in pts]
     assert len(set(names)) == len(names), names
@@ -181,7 +197,7 @@ def run_row(root: Path, name: str) -> dict[str, Any] | None:
     tr = _load(out / "02_train.json")
     if not ev:
         return None
-    point = POINTS.get(name)
+    point = POINTS.get(name.split("@")[0])  # "<point>@<n>min": a copy of an earlier budget
     prefix = next((k[: -len("_translation_success")] for k in ev
                    if k.endswith("_translation_success")), None)
     if prefix is None:
@@ -212,6 +228,8 @@ def run_row(root: Path, name: str) -> dict[str, Any] | None:
         "unrelated_classified_as_target": fig("unrelated", "classified_as_target"),
         "identity_classified_as_target": fig("identity", "classified_as_target"),
     })
+    gt = row["gt_chroma"]
+    row["chroma_vs_gt"] = row["chroma"] / gt if gt > 0 else math.nan
     row["meets_goal"] = meets_goal(row)
     return row
 
@@ -223,7 +241,7 @@ def meets_goal(row: dict[str, Any]) -> bool:
             return False
         return v >= GOAL[key] if above else v <= GOAL[key]
 
-    return (ok("chroma") and ok("wave_corr", above=False) and ok("closer_to_target")
+    return (ok("chroma_vs_gt") and ok("wave_corr", above=False) and ok("closer_to_target")
             and ok("classified_as_target") and ok("success"))
 
 
@@ -231,14 +249,17 @@ def collect(root: Path) -> list[dict[str, Any]]:
     """Rows of every point that has results, in the sweep's order (unknown names last)."""
     base = root / "results" / NAME
     found = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
-    order = [n for n in POINTS if n in found] + [n for n in found if n not in POINTS]
+    order = [n for p in POINTS for n in found if n.split("@")[0] == p]
+    order += [n for n in found if n not in order]
     return [r for r in (run_row(root, n) for n in order) if r is not None]
 
 
 COLUMNS = ["run", "changes", "sample_rate", "numbers_per_s", "latent", "pool", "confusion",
            "augment", "receptive_field", "corruption", "domains", "seed", "steps",
-           "train_minutes", "val_recon", "chroma", "wave_corr", "closer_to_target",
-           "classified_as_target", "success", "recon_classified_ok", "latent_probe",
+           "train_minutes", "val_recon", "chroma", "chroma_vs_gt", "wave_corr",
+           "closer_to_target",
+           "classified_as_target", "success", "recon_chroma", "recon_classified_ok",
+           "latent_probe",
            "probe_chance", "latent_use_gap", "gt_chroma", "unrelated_chroma", "meets_goal"]
 
 
@@ -278,6 +299,7 @@ def _baselines(rows: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
 
 MD_COLUMNS = [("run", "run"), ("changes", "setting"), ("numbers_per_s", "numbers/s"),
               ("train_minutes", "min"), ("steps", "steps"), ("chroma", "chroma"),
+              ("chroma_vs_gt", "chroma / ground truth's"),
               ("wave_corr", "wave corr"), ("closer_to_target", "closer to target"),
               ("classified_as_target", "classified target"), ("success", "success"),
               ("latent_probe", "latent probe"), ("latent_use_gap", "latent-use gap")]
@@ -285,8 +307,9 @@ MD_COLUMNS = [("run", "run"), ("changes", "setting"), ("numbers_per_s", "numbers
 
 def summary_markdown(rows: list[dict[str, Any]]) -> str:
     intro = ("Every run trains for a fixed time on 2 CPU cores and is evaluated (its last "
-             "checkpoint) on the paired held-out clips. Goal: chroma >= "
-             f"{GOAL['chroma']}, waveform correlation <= {GOAL['wave_corr']}, closer to the "
+             "checkpoint) on the paired held-out clips. Goal: chroma agreement with the source "
+             f">= {GOAL['chroma_vs_gt']:.0%} of the ground truth's (the true rendering in the "
+             f"target instrument), waveform correlation <= {GOAL['wave_corr']}, closer to the "
              f"target >= {GOAL['closer_to_target']:.0%}, classified as the target >= "
              f"{GOAL['classified_as_target']:.0%}, success >= {GOAL['success']:.0%}.")
     lines = [f"# {NAME}: the CPU translation search", "", intro, ""]
@@ -312,9 +335,12 @@ def frontier_figure(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 5.2))
-    ax.add_patch(plt.Rectangle((GOAL["classified_as_target"], GOAL["chroma"]),
-                               1.05 - GOAL["classified_as_target"], 1.05 - GOAL["chroma"],
-                               color="tab:green", alpha=0.12, lw=0, label="goal"))
+    gt = _baselines(rows)["ground truth"][1]
+    floor = GOAL["chroma_vs_gt"] * gt if not math.isnan(gt) else 0.6
+    ax.add_patch(plt.Rectangle((GOAL["classified_as_target"], floor),
+                               1.05 - GOAL["classified_as_target"], 1.05 - floor,
+                               color="tab:green", alpha=0.12, lw=0,
+                               label=f"goal (chroma >= {GOAL['chroma_vs_gt']:.0%} of ground truth)"))
     markers = {8000: "o", 16000: "s"}
     for r in rows:
         x, y = r["classified_as_target"], r["chroma"]
@@ -354,7 +380,7 @@ def summary_html(rows: list[dict[str, Any]]) -> str:
         cells = []
         for k, _ in MD_COLUMNS:
             v = _fmt(r.get(k))
-            cells.append(f'<td><a href="{e(r["run"])}/index.html">{e(v)}</a></td>' if k == "run"
+            cells.append(f'<td><a href="{e(r["run"])}/">{e(v)}</a></td>' if k == "run"
                          else f"<td>{e(v)}</td>")
         mark = ' class="goal"' if r["meets_goal"] else ""
         body += f"<tr{mark}>{''.join(cells)}</tr>"
@@ -368,7 +394,8 @@ tr.goal{{background:#dfd}}</style></head><body>
 <h1>Experiment {e(NAME)}</h1><p>{e(DESCRIPTION)}</p>
 {figure}
 <table><tr>{head}</tr>{body}</table>
-<p>Machine-readable: <a href="runs.csv">runs.csv</a>; the same table with the goal and
-the reference points: <a href="summary.md">summary.md</a>.</p>
+<p>Each run's folder holds its key figures and, where it ran, its full report
+(<code>index.html</code>). Machine-readable: <a href="runs.csv">runs.csv</a>; the same
+table with the goal and the reference points: <a href="summary.md">summary.md</a>.</p>
 </body></html>
 """
