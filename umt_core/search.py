@@ -349,22 +349,24 @@ def frontier_figure(rows: list[dict[str, Any]], path: Path) -> None:
         color = "tab:red" if r.get("wave_corr", 0) > GOAL["wave_corr"] else "tab:blue"
         ax.scatter(x, y, marker=markers.get(r.get("sample_rate"), "^"), color=color, s=40,
                    zorder=3)
-        label = f"{r.get('numbers_per_s', '?')}/s"
-        if r.get("changes") not in (None, "base") and not str(r["changes"]).startswith("bottleneck"):
-            label += f" {r['changes']}"
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        # the run's name starts with its bottleneck size (b2000 = 2,000 numbers/s)
+        label = str(r["run"]).split("@")[0]
+        if r.get("train_minutes") is not None:
+            label += f", {float(r['train_minutes']):.0f} min"
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=6.5)
     for (name, (x, y)), mk in zip(_baselines(rows).items(), ("X", "D", "*")):
         if not (math.isnan(x) or math.isnan(y)):
             ax.scatter(x, y, marker=mk, color="black", s=80, zorder=4)
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(-6, -12), fontsize=8,
                         ha="right" if x > 0.5 else "left")
-    ax.scatter([], [], marker="o", color="tab:blue", label="run, 8 kHz")
-    ax.scatter([], [], marker="s", color="tab:blue", label="run, 16 kHz")
+    for rate, mk in markers.items():
+        if any(r.get("sample_rate") == rate for r in rows):
+            ax.scatter([], [], marker=mk, color="tab:blue", label=f"run, {rate // 1000} kHz")
     ax.scatter([], [], marker="o", color="tab:red", label=f"copies (wave corr > {GOAL['wave_corr']})")
     ax.set(xlim=(-0.05, 1.05), ylim=(min(-0.1, min(r["chroma"] for r in rows) - 0.05), 1.05),
            xlabel="instrument changed: translations classified as the target",
            ylabel="content kept: chroma agreement with the source",
-           title="CPU translation search: every run, labelled by bottleneck size")
+           title="CPU translation search: every run (name = bottleneck b<numbers/s> and knobs)")
     ax.legend(fontsize=8, loc="center left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
