@@ -101,7 +101,7 @@ def test_experiment_runs_a_subset_with_its_base_and_prepares_each_manifest(
         "demo", {"a": {"steps": 2, "manifest": "m8.yaml"}, "b": {"steps": 3},
                  "c": {"steps": 4, "manifest": "m8.yaml"}},
         notebooks=("02_train",), base={"steps": 1, "preset": "paper"},
-        summarize=lambda root: summarized.append(root))
+        summarize=lambda root: summarized.append(root), prepare=True)
     monkeypatch.setitem(pipeline.EXPERIMENTS, "demo", exp)
     reports = pipeline.run_experiment("demo", "smoke", "m16.yaml", {"steps": 7},
                                       root=standin_root, only=["c", "b"], log=lambda *a: None)

@@ -300,8 +300,8 @@ def test_nan_batch_and_spikes_are_skipped_and_persistent_divergence_rolls_back(
         if e["event"] in ("step", "skip"):
             current["step"] = e["step"] + 1
 
-    def recon_loss_sum(decoder, codes, z, fast=True):
-        loss = real_loss(decoder, codes, z, fast)
+    def recon_loss_sum(decoder, codes, z, fast=True, inputs=None):
+        loss = real_loss(decoder, codes, z, fast, inputs=inputs)
         if torch.is_grad_enabled() and current["step"] in (10, 15, 16, 17):
             return loss * 100.0  # training only, not validation
         return loss

@@ -357,6 +357,9 @@ class Experiment:
     # Writes the experiment's own summary into results/<name>/ from every variant found
     # there (instead of the generic comparison of the variants this invocation ran).
     summarize: Callable[[Path], Any] | None = None
+    # Prepare each variant's manifest before the variants run (for experiments that do
+    # not run notebook 01).
+    prepare: bool = False
 
 
 def _search_experiment() -> Experiment:
@@ -364,7 +367,7 @@ def _search_experiment() -> Experiment:
 
     return Experiment(search.DESCRIPTION, search.variants(),
                       notebooks=("02_train", "04_listening_tests"), base=dict(search.BASE),
-                      summarize=search.write_summary)
+                      summarize=search.write_summary, prepare=True)
 
 
 EXPERIMENTS: dict[str, Experiment] = {
@@ -395,8 +398,8 @@ def run_experiment(
     """Run every variant of an experiment (or those named in `only`; a failed variant
     does not stop the others), then write results/<name>/{metrics.json,index.html} (or
     the experiment's own summary). Raises `StudyFailed` at the end if any variant
-    failed. A variant may name its own `manifest`; each manifest is prepared first
-    when the experiment does not run notebook 01."""
+    failed. A variant may name its own `manifest`; with `Experiment.prepare` each
+    manifest is prepared first."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS)}")
     exp = EXPERIMENTS[name]
@@ -406,7 +409,7 @@ def run_experiment(
     for variant in chosen:
         params = {**exp.base, **(overrides or {}), **exp.variants[variant]}
         runs[variant] = (params.pop("manifest", None) or manifest, params)
-    if "01_data_prep" not in exp.notebooks:
+    if exp.prepare:
         from .data import prep
 
         for m in dict.fromkeys(m or DEFAULT_MANIFEST for m, _ in runs.values()):
