@@ -403,12 +403,8 @@ def run_experiment(
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS)}")
     exp = EXPERIMENTS[name]
-    chosen = experiment_variants(name, only)
     root = Path(root or project_root()).resolve()
-    runs = {}
-    for variant in chosen:
-        params = {**exp.base, **(overrides or {}), **exp.variants[variant]}
-        runs[variant] = (params.pop("manifest", None) or manifest, params)
+    runs = experiment_runs(name, manifest, overrides, only)
     if exp.prepare:
         from .data import prep
 
@@ -457,6 +453,18 @@ def _finish(report: StudyReport, root: Path, manifest: str, started: float, cont
     (out / "metrics.json").write_text(json.dumps(report.metrics, indent=2, allow_nan=False) + "\n")
     (out / "provenance.json").write_text(json.dumps(report.provenance, indent=2) + "\n")
     (out / "index.html").write_text(index_html(report), encoding="utf-8")
+
+
+def experiment_runs(name: str, manifest: str | None, overrides: dict[str, Any] | None,
+                    only: list[str] | None = None) -> dict[str, tuple[str | None, dict]]:
+    """{variant: (manifest, parameters)}: the experiment's base parameters, then the
+    command line's, then the variant's own (its `manifest` replaces the run's)."""
+    exp = EXPERIMENTS[name]
+    runs = {}
+    for variant in experiment_variants(name, only):
+        params = {**exp.base, **(overrides or {}), **exp.variants[variant]}
+        runs[variant] = (params.pop("manifest", None) or manifest, params)
+    return runs
 
 
 def experiment_variants(name: str, only: list[str] | None = None) -> list[str]:
@@ -535,13 +543,9 @@ def _cli_study(args: argparse.Namespace) -> int:
         root = project_root()
         runs = {args.run or args.preset: (args.manifest, overrides)}
         if args.experiment:
-            exp = EXPERIMENTS[args.experiment]
-            stems = exp.notebooks
-            runs = {}
-            for v in experiment_variants(args.experiment, only):
-                params = {**exp.base, **overrides, **exp.variants[v]}
-                runs[f"{args.experiment}/{v}"] = (params.pop("manifest", None) or args.manifest,
-                                                  params)
+            stems = EXPERIMENTS[args.experiment].notebooks
+            runs = {f"{args.experiment}/{v}": run for v, run in
+                    experiment_runs(args.experiment, args.manifest, overrides, only).items()}
         for run, (run_manifest, params) in runs.items():
             manifest = preset_manifest(root, run_manifest or DEFAULT_MANIFEST, args.preset,
                                        write=False)

@@ -937,7 +937,8 @@ def _loop(trainer: Trainer, target: int, progress: bool) -> None:
                     trainer.end_epoch()
                 elif tc.checkpoint_every and trainer.step % tc.checkpoint_every == 0:
                     trainer.save()
-                trainer.train_seconds += _agreed(trainer.ctx, time.perf_counter() - t0)
+                trainer.train_seconds += _agreed(trainer.ctx, time.perf_counter() - t0,
+                                                 bool(tc.max_minutes))
                 if trainer.budget_spent():
                     trainer.files.event("budget", trainer.step, trainer.epoch,
                                         minutes=tc.max_minutes,
@@ -952,9 +953,10 @@ def _loop(trainer: Trainer, target: int, progress: bool) -> None:
 
 
 # --------------------------------------------------------------------------- launching
-def _agreed(ctx: _Dist, seconds: float) -> float:
-    """The slowest process's time, so every process stops at the same step."""
-    if not ctx.enabled:
+def _agreed(ctx: _Dist, seconds: float, needed: bool) -> float:
+    """The slowest process's time, so that a time budget stops every process at the same
+    step (`needed`: a budget is set; otherwise each keeps its own time, no collective)."""
+    if not (ctx.enabled and needed):
         return seconds
     t = torch.tensor([seconds], dtype=torch.float64, device=ctx.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
