@@ -26,7 +26,7 @@ import csv
 import html
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,6 @@ class Point:
     domains: tuple[str, ...] = tuple(TWO_DOMAINS)
     seed: int = 1
     changes: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def numbers_per_second(self) -> float:
@@ -118,7 +117,6 @@ class Point:
             "seconds_per_clip": 2.0,
             "samples_to_show": 2,
             "n_trials": 4,
-            **self.extra,
         }
 
 

@@ -524,8 +524,11 @@ class Trainer:
     def _codes_ok(self, codes: torch.Tensor) -> bool:
         return bool(codes.numel() == 0 or (codes.min() >= 0 and codes.max() <= 255))
 
-    def train_step(self, batches: list[tuple[int, torch.Tensor, torch.Tensor]]) -> None:
-        """One optimizer step on this rank's micro-batches [(domain, clean, augmented)]."""
+    def train_step(self, batches: list[tuple[int, torch.Tensor, torch.Tensor]],
+                   indices: Sequence[Sequence[int]] | None = None) -> None:
+        """One optimizer step on this rank's micro-batches [(domain, clean, augmented)];
+        `indices` are their samples' global indices in the step's batch (they seed the
+        input corruption; default: 0..n-1 in each micro-batch)."""
         t0 = time.perf_counter()
         tc, m = self.tc, self.model
         domains = self.step_domains(self.step)
@@ -572,8 +575,7 @@ class Trainer:
         self.opt_model.zero_grad(set_to_none=True)
         for p in clf_params:
             p.requires_grad_(False)
-        indices = [idx for _, idx, _, _ in self.requests(self.step, self.step + 1)]
-        if len(indices) != len(batches):  # batches not from `requests` (benchmarks)
+        if indices is None:
             indices = [range(c.shape[0]) for _, c, _ in batches]
         try:
             for (d, clean, aug), idx in zip(batches, indices):
@@ -929,7 +931,8 @@ def _loop(trainer: Trainer, target: int, progress: bool) -> None:
                 n = len(trainer.step_domains(s)) * len(_chunks(trainer.local, tc.micro_batch))
                 items = [next(batches) for _ in range(n)]
                 reqs = trainer.requests(s, s + 1)
-                trainer.train_step([(d, c, a) for (d, _, _, _), (c, a) in zip(reqs, items)])
+                trainer.train_step([(d, c, a) for (d, _, _, _), (c, a) in zip(reqs, items)],
+                                   [idx for _, idx, _, _ in reqs])
                 bar.update(1)
                 bar.set_postfix(loss=f"{trainer.last_step_loss:.3f}",
                                 samples_s=f"{trainer.last_speed:.0f}")
