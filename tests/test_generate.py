@@ -356,7 +356,7 @@ def test_benchmark_prints_a_table(capsys):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_graph_step_equals_eager():
+def test_cuda_graph_step_equals_eager(exact_fp32):
     cfg = smoke_model_config()
     decs = [d.cuda() for d in decoders(cfg, 2)]
     codes = torch.randint(0, 256, (3, 64), device="cuda")

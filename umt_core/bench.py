@@ -17,6 +17,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--domains", type=int, default=2)
     t.add_argument("--repeats", type=int, default=5)
     t.add_argument("--device", default="auto")
+    t.add_argument("--nondeterministic", action="store_true",
+                   help="CUDA: allow nondeterministic kernels (train.deterministic=false)")
     t.set_defaults(func=_bench_train)
 
     g = which.add_parser("generate", help="autoregressive generation, audio samples/s")

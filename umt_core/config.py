@@ -61,6 +61,9 @@ class TrainConfig:
     pitch_shift_semitones: float = 0.5
     schedule: str = "all_domains"  # or "round_robin": one domain per step (reference)
     bf16: bool = True  # autocast to bfloat16 on CUDA only; CPU always trains in fp32
+    # CUDA: deterministic kernels (cuDNN, cuBLAS workspace), so that a resumed run equals
+    # an uninterrupted one there too; CPU training is deterministic regardless
+    deterministic: bool = True
     seed: int = 1
     val_batches: int = 4  # validation batches per domain at the end of every epoch
     num_workers: int = 0

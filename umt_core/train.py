@@ -90,7 +90,7 @@ LEARNED_MARGIN = 0.5
 # Config fields that may differ when resuming: they change neither the
 # numbers an uninterrupted run computes nor how results compare.
 RESUMABLE_CHANGES = {"train.epochs", "train.num_workers", "train.checkpoint_every",
-                     "train.micro_batch", "train.max_minutes"}
+                     "train.micro_batch", "train.max_minutes", "train.deterministic"}
 # Random stream of the decoder-input corruption (train.input_corruption); the sampler's
 # streams are TRAIN_STREAM and VALIDATION_STREAM.
 CORRUPTION_STREAM = 2
@@ -358,6 +358,15 @@ def _wipe_run(run_dir: Path) -> None:
             f.unlink()
 
 
+def _deterministic_cuda() -> None:
+    """Kernels that give the same numbers on every run (train.deterministic). cuBLAS
+    reads its workspace setting when it first starts, so set it before any product."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 # --------------------------------------------------------------------------- the trainer
 class Trainer:
     """State of one training run; `train` is the entry point."""
@@ -372,6 +381,8 @@ class Trainer:
         self.device = ctx.device
         self.domains = list(cfg.domains)
         self.k = len(self.domains)
+        if self.device.type == "cuda" and self.tc.deterministic:
+            _deterministic_cuda()
         self.model = build_model(cfg).to(self.device)
         self.model.train()
         m = self.model

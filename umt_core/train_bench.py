@@ -40,9 +40,11 @@ PATHS = {
 }
 
 
-def _config(preset_name: str, domains: int, batch: int, segment: int) -> Config:
+def _config(preset_name: str, domains: int, batch: int, segment: int,
+            deterministic: bool = True) -> Config:
     cfg = preset(preset_name, {"train.batch_per_domain": batch, "train.segment_samples": segment,
-                               "train.schedule": "round_robin", "train.augment": False})
+                               "train.schedule": "round_robin", "train.augment": False,
+                               "train.deterministic": deterministic})
     cfg.domains = [f"domain{i}" for i in range(domains)]
     return cfg
 
@@ -131,10 +133,10 @@ def _count_saved_bytes(out: list[int]):
 
 
 def measure(preset_name: str, domains: int, batch: int, segment: int, repeats: int,
-            device_name: str) -> dict[str, dict[str, Any]]:
+            device_name: str, deterministic: bool = True) -> dict[str, dict[str, Any]]:
     """Alternate steps of both paths; per path: step times, activation bytes, CUDA peak."""
     device = _device(device_name)
-    cfg = _config(preset_name, domains, batch, segment)
+    cfg = _config(preset_name, domains, batch, segment, deterministic)
     clean, aug = _codes(batch, segment, device)
     runners = {"reference": _reference_runner(cfg, device, clean, aug),
                "optimized": _optimized_runner(cfg, device, clean, aug)}
@@ -181,15 +183,17 @@ def check_equal(preset_name: str, domains: int, batch: int, segment: int,
     target = torch.zeros(batch, dtype=torch.long, device=device)
     lam = cfg.train.confusion_weight
     results = []
-    for fast in (False, True):
-        model.zero_grad(set_to_none=True)
-        z = fw.encode(model.encoder, aug, fast)
-        recon = fw.recon_loss_sum(model.decoder(0), clean, z, fast) / clean.numel()
-        adv = F.cross_entropy(model.domain_classifier(z), target)
-        (recon - lam * adv).backward()
-        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()
-                 if p.grad is not None}
-        results.append((float(recon.detach()), float(adv.detach()), grads))
+    # full fp32 on CUDA (cuDNN convolutions default to TF32, matrix products do not)
+    with _exact_fp32(device):
+        for fast in (False, True):
+            model.zero_grad(set_to_none=True)
+            z = fw.encode(model.encoder, aug, fast)
+            recon = fw.recon_loss_sum(model.decoder(0), clean, z, fast) / clean.numel()
+            adv = F.cross_entropy(model.domain_classifier(z), target)
+            (recon - lam * adv).backward()
+            grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()
+                     if p.grad is not None}
+            results.append((float(recon.detach()), float(adv.detach()), grads))
     (r0, a0, g0), (r1, a1, g1) = results
     if g0.keys() != g1.keys():
         raise AssertionError("the two paths give gradients to different parameters")
@@ -197,6 +201,19 @@ def check_equal(preset_name: str, domains: int, batch: int, segment: int,
     return {"recon_loss_reference": r0, "recon_loss_optimized": r1,
             "recon_loss_abs_diff": abs(r0 - r1), "adv_loss_abs_diff": abs(a0 - a1),
             "max_grad_rel_diff": rel}
+
+
+@contextlib.contextmanager
+def _exact_fp32(device: torch.device):
+    if device.type != "cuda":
+        yield
+        return
+    conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, mm
 
 
 # --------------------------------------------------------------------------- entry point
@@ -215,7 +232,12 @@ def run_benchmark(args: argparse.Namespace) -> int:
     print(f"bench train: preset {args.preset}, {batch} x {args.segment} samples of one domain per "
           f"step ({args.domains} decoders), {where}{load}; the paths alternate, median of "
           f"{args.repeats} steps each after one warm-up step", flush=True)
-    rows = measure(args.preset, args.domains, batch, args.segment, args.repeats, args.device)
+    deterministic = not getattr(args, "nondeterministic", False)
+    if device.type == "cuda":
+        print(f"CUDA kernels: {'deterministic' if deterministic else 'fastest (nondeterministic)'}"
+              " (train.deterministic)")
+    rows = measure(args.preset, args.domains, batch, args.segment, args.repeats, args.device,
+                   deterministic)
     cuda = device.type == "cuda"
     head = f"{'path':<10} {'s/step':>8} {'samples/s':>10} {'activations':>12}"
     print(head + (f" {'peak CUDA':>12}" if cuda else ""))
