@@ -36,6 +36,32 @@ def test_every_point_plans_against_the_real_notebooks_and_resolves_to_a_config()
         assert data.load_manifest(REPO / manifest).sample_rate == point.sample_rate
 
 
+def test_the_cpu_preset_is_the_chosen_point_of_the_search():
+    """`make study` (preset cpu, its default manifest) trains exactly the setting the
+    search chose, on the same data; only the time budget is the preset's own."""
+    assert search.CHOSEN in search.POINTS
+    params = {**search.BASE, **search.variants()[search.CHOSEN]}
+    manifest = params.pop("manifest")
+    assert pipeline.default_manifest("cpu") == manifest
+    assert pipeline.default_manifest("paper") == pipeline.DEFAULT_MANIFEST
+    stems = ("02_train", "04_listening_tests")
+    chosen = pipeline.plan_study("cpu", "x", manifest, params,
+                                 notebooks_dir=REPO / "notebooks", stems=stems)
+    study = pipeline.plan_study("cpu", "cpu", pipeline.default_manifest("cpu"), {},
+                                notebooks_dir=REPO / "notebooks", stems=stems)
+    a = config.preset("cpu", chosen[0].parameters["overrides"]).to_dict()
+    b = config.preset("cpu", study[0].parameters["overrides"]).to_dict()
+    for cfg in (a, b):  # the budget and the epoch count (the budget ends training)
+        cfg["train"].pop("max_minutes"), cfg["train"].pop("epochs")
+    assert a == b
+    assert b["domains"] == ["piano", "cello"] and b["model"]["pool"] == 64
+    assert 20 <= config.preset("cpu").train.max_minutes <= 60
+    assert "steps" not in study[0].parameters  # the budget, not a step count, ends it
+    # the study evaluates on the same clips as the search
+    for key in ("source_clips", "seconds_per_clip"):
+        assert study[1].parameters[key] == chosen[1].parameters[key]
+
+
 def test_the_sweep_covers_every_knob_the_search_needs():
     pts = list(search.POINTS.values())
     sizes = {p.numbers_per_second for p in pts}
