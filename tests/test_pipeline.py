@@ -161,6 +161,34 @@ def test_study_on_standins_writes_report(standin_root):
         assert f'href="{stem}.html"' in index
     assert "git commit" in index and "wall time" in index
 
+    # re-running some notebooks keeps the others' figures, times and parameters, and
+    # the first run's provenance with the re-run appended
+    first = prov
+    again = pipeline.run_study("smoke", "demo", root=standin_root, log=lambda *a: None,
+                               stems=("04_listening_tests",), keep_earlier=True,
+                               command="rerun 04")
+    assert again.ok and [nb.stem for nb in again.notebooks] == list(pipeline.NOTEBOOKS)
+    again_metrics = json.loads((out / "metrics.json").read_text())
+    assert list(again_metrics) == list(pipeline.NOTEBOOKS)
+    assert {k: v for k, v in again_metrics.items() if k != "04_listening_tests"} == \
+        {k: v for k, v in metrics.items() if k != "04_listening_tests"}
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["started"] == first["started"] and prov["git"] == first["git"]
+    assert {k: v for k, v in prov["wall_time_s"].items() if k != "04_listening_tests"} == \
+        {k: v for k, v in first["wall_time_s"].items() if k != "04_listening_tests"}
+    (rerun,) = prov["reruns"]
+    assert rerun["notebooks"] == ["04_listening_tests"] and rerun["command"] == "rerun 04"
+    assert set(rerun["wall_time_s"]) == {"04_listening_tests"}
+    assert prov["parameters"]["02_train"]["steps"] == 7  # kept from the first run
+    index = (out / "index.html").read_text()
+    for stem in pipeline.NOTEBOOKS:
+        assert f'href="{stem}.html"' in index
+    # without keep_earlier (a whole study, or an experiment's runs) the report is new
+    pipeline.run_study("smoke", "demo", root=standin_root, log=lambda *a: None,
+                       stems=("04_listening_tests",))
+    assert list(json.loads((out / "metrics.json").read_text())) == ["04_listening_tests"]
+    assert "reruns" not in json.loads((out / "provenance.json").read_text())
+
 
 def test_failing_notebook_stops_study_and_keeps_outputs(standin_root, capsys, monkeypatch):
     write_standin(standin_root / "notebooks" / "02_train.ipynb", fail=True)

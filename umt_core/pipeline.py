@@ -79,8 +79,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "01_data_prep": {"example_seconds": 2.0},
         "02_train": {"overrides": {"domains": ["piano", "cello"]}},
         "03_loss_analysis": {},
-        "04_listening_tests": {"source_clips": 8, "seconds_per_clip": 2.0, "samples_to_show": 2,
-                               "n_trials": 8},
+        "04_listening_tests": {"source_domains": ["piano", "cello"],
+                               "target_domains": ["piano", "cello"], "source_clips": 8,
+                               "seconds_per_clip": 2.0, "samples_to_show": 2, "n_trials": 8},
     },
     # The paper's model on GPUs (notebook 02 launches torchrun when several are visible).
     "paper": {
@@ -249,9 +250,15 @@ def run_study(
     notebooks_dir: str | Path | None = None,
     progress: bool = False,
     command: str | None = None,
+    keep_earlier: bool = False,
     log=print,
 ) -> StudyReport:
     """Execute the notebooks in order into results/<run>/ and write the report.
+
+    With `keep_earlier` (a re-run of some notebooks, `study --notebooks`), the report
+    keeps the notebooks of the earlier run of the same preset and manifest that are not
+    re-run: their figures, wall times and parameters, and the earlier provenance, with
+    this run appended to its `reruns`.
 
     Raises `StudyFailed` (after writing everything produced so far, index.html included)
     when a notebook fails; later notebooks are not run.
@@ -263,9 +270,18 @@ def run_study(
     plan = plan_study(preset, run, manifest, overrides, notebooks_dir=nb_dir, stems=stems)
     out_dir = root / "results" / run
     out_dir.mkdir(parents=True, exist_ok=True)
+    earlier = _earlier_run(out_dir, preset, manifest, stems) if keep_earlier else None
     for name in ("metrics.json", "provenance.json", "index.html"):
         (out_dir / name).unlink(missing_ok=True)
-    report = StudyReport(run, preset, out_dir, plan)
+    kept = [] if earlier is None else [
+        NotebookRun(stem, earlier.get("parameters", {}).get(stem, {}), "ok",
+                    earlier["wall_time_s"][stem])
+        for stem in NOTEBOOKS if stem not in stems and stem in earlier["wall_time_s"]
+        and (out_dir / f"{stem}.json").is_file()]
+    report = StudyReport(run, preset, out_dir,
+                         sorted([*kept, *plan], key=lambda nb: NOTEBOOKS.index(nb.stem)
+                                if nb.stem in NOTEBOOKS else len(NOTEBOOKS)))
+    report.earlier, report.rerun = earlier, [nb.stem for nb in plan]
     started = time.time()
     # Recorded before anything runs: the commit and tree state the study started from.
     context = start_context(preset, run, manifest, command, root)
@@ -447,18 +463,51 @@ def run_experiment(
     return reports
 
 
+def _earlier_run(out_dir: Path, preset: str, manifest: str, stems) -> dict | None:
+    """The provenance of the run in `out_dir` when it is of the same preset and manifest
+    and some of its notebooks are not among `stems` (None otherwise)."""
+    try:
+        prov = json.loads((out_dir / "provenance.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(prov, dict) or prov.get("preset") != preset \
+            or prov.get("manifest") != manifest \
+            or not isinstance(prov.get("wall_time_s"), dict) \
+            or not set(prov["wall_time_s"]) - set(stems):
+        return None
+    return prov
+
+
 def _finish(report: StudyReport, root: Path, manifest: str, started: float, context: dict):
     """Write metrics.json, provenance.json and index.html for what has run so far."""
     out = report.results_dir
     report.metrics, problems = gather_metrics(out, [nb.stem for nb in report.notebooks])
-    report.provenance = {
-        **context,
-        "manifest_lock": lock_info(root, manifest),
-        "wall_time_s": {nb.stem: _round(nb.seconds) for nb in report.notebooks},
-        "total_wall_time_s": _round(time.time() - started),
-        "status": "ok" if report.ok else "failed",
-        "problems": problems,
-    }
+    this = {nb.stem: _round(nb.seconds) for nb in report.notebooks}
+    status = "ok" if report.ok else "failed"
+    earlier = report.earlier
+    if earlier is None:
+        report.provenance = {
+            **context,
+            "manifest_lock": lock_info(root, manifest),
+            "wall_time_s": this,
+            "total_wall_time_s": _round(time.time() - started),
+            "status": status,
+            "problems": problems,
+        }
+    else:  # a re-run of some notebooks: the earlier run's record, and this one appended
+        rerun = {"notebooks": list(report.rerun),
+                 **{k: context.get(k) for k in ("command", "git", "started")},
+                 "wall_time_s": {k: v for k, v in this.items() if k in report.rerun},
+                 "status": status}
+        report.provenance = {
+            **earlier,
+            "manifest_lock": lock_info(root, manifest),
+            "wall_time_s": this,
+            "status": status,
+            "problems": problems,
+            "reruns": [*earlier.get("reruns", []), rerun],
+        }
+    report.provenance["parameters"] = {nb.stem: nb.parameters for nb in report.notebooks}
     (out / "metrics.json").write_text(json.dumps(report.metrics, indent=2, allow_nan=False) + "\n")
     (out / "provenance.json").write_text(json.dumps(report.provenance, indent=2) + "\n")
     (out / "index.html").write_text(index_html(report), encoding="utf-8")
@@ -571,7 +620,8 @@ def _cli_study(args: argparse.Namespace) -> int:
                            progress=sys.stderr.isatty(), command=command, only=only)
         else:
             run_study(args.preset, args.run, args.manifest, overrides, stems=stems,
-                      progress=sys.stderr.isatty(), command=command)
+                      progress=sys.stderr.isatty(), command=command,
+                      keep_earlier=bool(args.notebooks))
     except StudyFailed as e:
         print(f"error: {e.details}", file=sys.stderr)
         return 1

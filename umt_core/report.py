@@ -46,6 +46,10 @@ class StudyReport:
     notebooks: list[NotebookRun]
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    # a re-run of some notebooks (study --notebooks): the earlier run's provenance, and
+    # the notebooks run now
+    earlier: dict[str, Any] | None = None
+    rerun: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
