@@ -51,7 +51,7 @@ def one_thread():
 @pytest.fixture
 def exact_fp32():
     """Full fp32 products on CUDA (cuDNN convolutions default to TF32); no-op on CPU."""
-    conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, mm
+    from umt_core.train_bench import exact_fp32 as context
+
+    with context():
+        yield

@@ -183,8 +183,7 @@ def check_equal(preset_name: str, domains: int, batch: int, segment: int,
     target = torch.zeros(batch, dtype=torch.long, device=device)
     lam = cfg.train.confusion_weight
     results = []
-    # full fp32 on CUDA (cuDNN convolutions default to TF32, matrix products do not)
-    with _exact_fp32(device):
+    with exact_fp32():
         for fast in (False, True):
             model.zero_grad(set_to_none=True)
             z = fw.encode(model.encoder, aug, fast)
@@ -204,10 +203,9 @@ def check_equal(preset_name: str, domains: int, batch: int, segment: int,
 
 
 @contextlib.contextmanager
-def _exact_fp32(device: torch.device):
-    if device.type != "cuda":
-        yield
-        return
+def exact_fp32():
+    """Full fp32 products inside the block: cuDNN convolutions default to TF32 on CUDA
+    (matrix products do not); nothing changes on CPU."""
     conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
