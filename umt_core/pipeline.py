@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from . import search
 from .paths import project_root
 from .report import (
     NotebookRun,
@@ -48,9 +49,11 @@ from .report import (
 NOTEBOOKS = ("01_data_prep", "02_train", "03_loss_analysis", "04_listening_tests")
 KERNEL = "umt-study"
 DEFAULT_MANIFEST = "data_manifests/scores.yaml"
-# The dataset a preset's study uses when none is given: the cpu preset's setting was found
-# on the default scores rendered at 8 kHz (the CPU translation search, umt_core.search).
-PRESET_MANIFESTS = {"cpu": "data_manifests/scores-8k.yaml"}
+# The cpu study is the CPU translation search's chosen point: its data, domains and
+# evaluation clips (its model and training are the cpu config preset).
+_CHOSEN = search.POINTS[search.CHOSEN].parameters()
+# The dataset a preset's study uses when none is given.
+PRESET_MANIFESTS = {"cpu": _CHOSEN["manifest"]}
 # Presets whose (smaller) dataset is prepared under its own name: see `preset_manifest`.
 SEPARATE_DATA = {"smoke"}
 # The notebook parameter holding dotted config overrides, e.g. {"train.lr": 1e-4}.
@@ -77,11 +80,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # embedded) keep the report within a few megabytes.
     "cpu": {
         "01_data_prep": {"example_seconds": 2.0},
-        "02_train": {"overrides": {"domains": ["piano", "cello"]}},
+        "02_train": {"overrides": {"domains": _CHOSEN["domains"]}},
         "03_loss_analysis": {},
-        "04_listening_tests": {"source_domains": ["piano", "cello"],
-                               "target_domains": ["piano", "cello"], "source_clips": 8,
-                               "seconds_per_clip": 2.0, "samples_to_show": 2, "n_trials": 8},
+        "04_listening_tests": {
+            **{k: _CHOSEN[k] for k in ("source_domains", "target_domains", "source_clips",
+                                       "seconds_per_clip")},
+            "samples_to_show": 2, "n_trials": 8},
     },
     # The paper's model on GPUs (notebook 02 launches torchrun when several are visible).
     "paper": {
@@ -278,10 +282,10 @@ def run_study(
                     earlier["wall_time_s"][stem])
         for stem in NOTEBOOKS if stem not in stems and stem in earlier["wall_time_s"]
         and (out_dir / f"{stem}.json").is_file()]
+    order = {stem: i for i, stem in enumerate(NOTEBOOKS)}
     report = StudyReport(run, preset, out_dir,
-                         sorted([*kept, *plan], key=lambda nb: NOTEBOOKS.index(nb.stem)
-                                if nb.stem in NOTEBOOKS else len(NOTEBOOKS)))
-    report.earlier, report.rerun = earlier, [nb.stem for nb in plan]
+                         sorted([*kept, *plan], key=lambda nb: order.get(nb.stem, len(order))),
+                         earlier=earlier, rerun=[nb.stem for nb in plan])
     started = time.time()
     # Recorded before anything runs: the commit and tree state the study started from.
     context = start_context(preset, run, manifest, command, root)
@@ -388,8 +392,6 @@ class Experiment:
 
 
 def _search_experiment() -> Experiment:
-    from . import search
-
     return Experiment(search.DESCRIPTION, search.variants(),
                       notebooks=("02_train", "04_listening_tests"), base=dict(search.BASE),
                       summarize=search.write_summary, prepare=True)
