@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from umt_core.config import preset
+from umt_core.device import exact_fp32 as exact_fp32_context
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -17,8 +20,6 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 @pytest.fixture
 def smoke_config():
-    from umt_core.config import preset
-
     cfg = preset("smoke")
     cfg.domains = ["piano", "cello", "flute"]
     return cfg
@@ -51,7 +52,5 @@ def one_thread():
 @pytest.fixture
 def exact_fp32():
     """Full fp32 products on CUDA (cuDNN convolutions default to TF32); no-op on CPU."""
-    from umt_core.train_bench import exact_fp32 as context
-
-    with context():
+    with exact_fp32_context():
         yield

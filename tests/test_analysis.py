@@ -8,10 +8,14 @@ import math
 from datetime import datetime, timedelta
 
 import numpy as np
+import papermill
 import pytest
 from conftest import FIXTURES, REPO
 
 from umt_core import analysis as A
+from umt_core import train
+from umt_core.__main__ import main
+from umt_core.data.sampling import DomainAudio
 
 EXCERPT = FIXTURES / "reference_log_excerpt.log"
 MUSICNET = ["Bach_Solo_Cello", "Beethoven_Solo_Piano", "Cambini_Wind_Quintet",
@@ -171,7 +175,7 @@ def test_synthetic_reference_log_detections(reference_log):
     row = d.iloc[0]
     assert (row["run"], row["onset_epoch"], row["last_epoch"]) == (2, 15, 24)
     assert row["classifier_acc_stuck"] and row["classifier_acc"] == 0.3125
-    assert abs(row["mean_recon"] - A.LN256) < 0.1
+    assert abs(row["mean_recon"] - A.UNIFORM_LOSS) < 0.1
     best = a.best.set_index("run")
     for run, means in log.test_means.items():
         epoch = min(means, key=means.get)
@@ -406,8 +410,6 @@ def test_mixed_sources_and_json(metrics_run, reference_log):
 
 
 def test_cli(tmp_path, capsys):
-    from umt_core.__main__ import main
-
     out = tmp_path / "out" / "analysis.json"
     assert main(["analyze-log", str(EXCERPT), "--json", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -425,9 +427,6 @@ def test_cli(tmp_path, capsys):
 
 def test_smoke_training_run(tmp_path, smoke_config):
     """A real metrics.jsonl written by the trainer: one epoch, then a resume for a second."""
-    train = pytest.importorskip("umt_core.train")
-    from umt_core.sampling import DomainAudio
-
     rng = np.random.default_rng(0)
     data = [DomainAudio(name, [0.3 * rng.standard_normal(2000).astype(np.float32)], [name])
             for name in smoke_config.domains]
@@ -455,7 +454,6 @@ def test_smoke_training_run(tmp_path, smoke_config):
 
 
 def _run_notebook(tmp_path, **parameters):
-    papermill = pytest.importorskip("papermill")
     out_nb = tmp_path / "03_out.ipynb"
     papermill.execute_notebook(str(REPO / "notebooks" / "03_loss_analysis.ipynb"), str(out_nb),
                                parameters=parameters, kernel_name="umt-study", cwd=str(REPO),

@@ -16,7 +16,7 @@ import soundfile as sf
 from umt_core import data
 from umt_core.config import preset
 from umt_core.data import DataError, load_manifest
-from umt_core.sampling import DomainAudio, PitchShiftAugmenter, SegmentSampler, prefetch
+from umt_core.data.sampling import DomainAudio, PitchShiftAugmenter, SegmentSampler, prefetch
 
 REPO = Path(__file__).resolve().parents[1]
 SCORES = REPO / "data_manifests" / "scores.yaml"

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from umt_core import data, render
+from umt_core import data
 from umt_core.__main__ import main
-from umt_core.data import DataError, load_manifest
+from umt_core.data import DataError, load_manifest, render
 
 REPO = Path(__file__).resolve().parents[1]
 SCORES = REPO / "data_manifests" / "scores.yaml"

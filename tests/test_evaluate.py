@@ -13,6 +13,9 @@ import soundfile as sf
 import torch
 
 from umt_core import evaluate as ev
+from umt_core.__main__ import main
+from umt_core.checkpoint import save_checkpoint
+from umt_core.model import UMTN
 
 SR = 16000
 SECONDS = 1.5
@@ -203,8 +206,6 @@ def test_latent_probe_chance_on_random_and_perfect_on_domain_latents():
 
 
 def test_model_signals_on_a_smoke_model(data, classifier, smoke_config):
-    from umt_core.model import UMTN
-
     torch.manual_seed(0)
     smoke_config.domains = ["piano", "cello"]
     model = UMTN(smoke_config).eval()
@@ -224,9 +225,6 @@ def write_smoke_study(root, cfg, domains):
     folder is `root`) and an untrained smoke checkpoint at runs/smoke/checkpoints/best.pt."""
     import yaml
 
-    from umt_core.checkpoint import save_checkpoint
-    from umt_core.model import UMTN
-
     write_dataset(root / "data" / "synth", domains)
     manifest = root / "synth.yaml"
     manifest.write_text(yaml.safe_dump({
@@ -245,8 +243,6 @@ def write_smoke_study(root, cfg, domains):
 def test_evaluate_command_end_to_end(tmp_path, smoke_config, monkeypatch, capsys):
     """`python -m umt_core evaluate` on a smoke model and a tiny dataset in the data layout."""
     import json
-
-    from umt_core.__main__ import main
 
     monkeypatch.delenv("UMT_ROOT", raising=False)
     domains = ["piano", "cello"]

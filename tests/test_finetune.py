@@ -8,8 +8,8 @@ from conftest import FIXTURES
 
 from umt_core.checkpoint import load_checkpoint, load_model
 from umt_core.config import preset
+from umt_core.data.sampling import DomainAudio
 from umt_core.reference import convert_reference
-from umt_core.sampling import DomainAudio
 from umt_core.train import read_metrics, train
 
 

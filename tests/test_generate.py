@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pytest
 import soundfile as sf
@@ -11,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from conftest import FIXTURES
 
-from umt_core import generate_cpu
 from umt_core.__main__ import main
 from umt_core.audio import mu_law_encode, resample, save_audio
 from umt_core.checkpoint import save_checkpoint
@@ -22,11 +19,12 @@ from umt_core.generate import (
     generate,
     reconstruct,
     resolve_method,
-    run_benchmark,
     teacher_forced_logits,
     translate,
 )
+from umt_core.generate import cpu as generate_cpu
 from umt_core.model import UMTN, WaveNetDecoder
+from umt_core.reference import load_reference
 
 HAVE_CPP = generate_cpu.cpp_kernel() is not None
 CPU_METHODS = ["eager", "torch", pytest.param("cpp", marks=pytest.mark.skipif(
@@ -242,8 +240,6 @@ def test_encode_in_chunks_equals_one_pass(smoke_config):
 
 @pytest.fixture(scope="module")
 def reference_model():
-    from umt_core.reference import load_reference
-
     model, _ = load_reference(FIXTURES / "reference_checkpoint")
     return model.eval()
 
@@ -344,8 +340,8 @@ def test_cli_translate_errors_are_clear(tmp_path, smoke_checkpoint, capsys):
 
 
 def test_benchmark_prints_a_table(capsys):
-    args = argparse.Namespace(preset="smoke", batch=[1, 2], samples=24, repeats=1, device="cpu")
-    assert run_benchmark(args) == 0
+    assert main(["bench", "generate", "--preset", "smoke", "--batch", "1", "2", "--samples", "24",
+                 "--repeats", "1", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "eager" in out and "speed-up" in out
     assert len([line for line in out.splitlines() if line.strip().startswith(("1 ", "2 "))]) == 2

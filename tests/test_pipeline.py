@@ -17,8 +17,9 @@ import pytest
 from conftest import REPO, scratch_root
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from umt_core import pipeline
 from umt_core.__main__ import main
+from umt_core.data import load_manifest
+from umt_core.study import pipeline
 
 # An inline figure as nbconvert writes it: <img alt=... class=... src="data:image/png;base64,...
 FIGURE = re.compile(r'<img[^>]*src="data:image/png;base64,')
@@ -104,8 +105,6 @@ def test_dotted_keys_go_to_the_overrides_parameter(standin_root):
 
 
 def test_smoke_data_is_prepared_beside_the_full_dataset(tmp_path, monkeypatch):
-    from umt_core.data import load_manifest
-
     monkeypatch.setenv("UMT_ROOT", str(tmp_path))
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "umt_core"\n')
     (tmp_path / "data_manifests").mkdir()
@@ -231,8 +230,6 @@ def test_experiment_runs_each_variant_and_compares(standin_root, monkeypatch):
 
 @pytest.mark.parametrize("path", REAL, ids=lambda p: p.stem)
 def test_notebook_follows_conventions(path):
-    if not path.exists():
-        pytest.skip(f"{path.name} is not written yet")
     nb = nbformat.read(path, as_version=4)
     declared = pipeline.declared_parameters(path)  # one parameters cell, results_dir
     assert declared["results_dir"].startswith('results_dir = "results/interactive"')
@@ -243,9 +240,6 @@ def test_notebook_follows_conventions(path):
 
 @pytest.mark.pipeline
 def test_smoke_study_runs_every_real_notebook(tmp_path, monkeypatch):
-    missing = [p.name for p in REAL if not p.exists()]
-    if missing:
-        pytest.skip(f"notebooks not written yet: {missing}")
     root = scratch_root(tmp_path)
     monkeypatch.setenv("UMT_ROOT", str(root))
     try:

@@ -11,36 +11,37 @@ import pytest
 from conftest import REPO
 from test_pipeline import standin_root  # noqa: F401 - fixture
 
-from umt_core import config, data, pipeline, search
+from umt_core import config, data
 from umt_core.__main__ import main
+from umt_core.study import cpu_experiment, pipeline
 
 
 def test_every_point_plans_against_the_real_notebooks_and_resolves_to_a_config():
-    for name, params in search.variants().items():
-        params = {**search.BASE, **params}
+    for name, params in cpu_experiment.variants().items():
+        params = {**cpu_experiment.BASE, **params}
         manifest = params.pop("manifest")
         assert (REPO / manifest).is_file(), manifest
-        plan = pipeline.plan_study("cpu", f"{search.NAME}/{name}", manifest, params,
+        plan = pipeline.plan_study("cpu", f"{cpu_experiment.NAME}/{name}", manifest, params,
                                    notebooks_dir=REPO / "notebooks",
                                    stems=("02_train", "04_listening_tests"))
         train_nb, eval_nb = plan
         cfg = config.preset("cpu", train_nb.parameters["overrides"])
-        point = search.POINTS[name]
+        point = cpu_experiment.POINTS[name]
         assert cfg.model.latent_channels * point.sample_rate / cfg.model.pool == \
             point.numbers_per_second
         assert cfg.model.receptive_field == point.receptive_field
-        assert cfg.train.max_minutes == search.BUDGET_MINUTES
+        assert cfg.train.max_minutes == cpu_experiment.BUDGET_MINUTES
         assert cfg.domains == list(point.domains)
         assert eval_nb.parameters["checkpoints"] == \
-            [f"runs/{search.NAME}/{name}/checkpoints/last.pt"]
+            [f"runs/{cpu_experiment.NAME}/{name}/checkpoints/last.pt"]
         assert data.load_manifest(REPO / manifest).sample_rate == point.sample_rate
 
 
 def test_the_cpu_preset_is_the_chosen_point_of_the_search():
     """`make study` (preset cpu, its default manifest) trains exactly the setting the
     search chose, on the same data; only the time budget is the preset's own."""
-    assert search.CHOSEN in search.POINTS
-    params = {**search.BASE, **search.variants()[search.CHOSEN]}
+    assert cpu_experiment.CHOSEN in cpu_experiment.POINTS
+    params = {**cpu_experiment.BASE, **cpu_experiment.variants()[cpu_experiment.CHOSEN]}
     manifest = params.pop("manifest")
     assert pipeline.default_manifest("cpu") == manifest
     assert pipeline.default_manifest("paper") == pipeline.DEFAULT_MANIFEST
@@ -63,20 +64,20 @@ def test_the_cpu_preset_is_the_chosen_point_of_the_search():
 
 
 def test_the_sweep_covers_every_knob_the_search_needs():
-    pts = list(search.POINTS.values())
+    pts = list(cpu_experiment.POINTS.values())
     sizes = {p.numbers_per_second for p in pts}
     assert min(sizes) <= 500 and max(sizes) >= 4000
-    base = search.POINTS["b2000"]
+    base = cpu_experiment.POINTS["b2000"]
     varied = {k for p in pts for k in ("confusion", "ramp_steps", "augment", "receptive_field",
                                        "corruption", "sample_rate", "domains", "seed")
               if getattr(p, k) != getattr(base, k)}
     assert varied == {"confusion", "ramp_steps", "augment", "receptive_field", "corruption",
                       "sample_rate", "domains", "seed"}
-    assert set(search.ALL_DOMAINS) == set(data.load_manifest(REPO / search.MANIFEST_8K).domains)
+    assert set(cpu_experiment.ALL_DOMAINS) == set(data.load_manifest(REPO / cpu_experiment.MANIFEST_8K).domains)
 
 
 def _fake_point(root: Path, name: str, *, chroma, target, wave=0.05, closer=0.9, success=None):
-    out = root / "results" / search.NAME / name
+    out = root / "results" / cpu_experiment.NAME / name
     out.mkdir(parents=True)
     p = f"{name}-last"
     ev = {f"{p}_translation_chroma": chroma, f"{p}_translation_classified_as_target": target,
@@ -96,14 +97,14 @@ def test_summary_tables_every_run_found_and_marks_the_goal(tmp_path):
     _fake_point(tmp_path, "b2000", chroma=0.65, target=0.9, closer=0.5)  # wrong direction
     _fake_point(tmp_path, "b500", chroma=0.55, target=0.9)  # under 75% of the truth's 0.8
     _fake_point(tmp_path, "b1000@12min", chroma=0.1, target=0.3)  # an earlier budget
-    (tmp_path / "results" / search.NAME / "b2000-16k").mkdir()  # not evaluated: left out
-    rows = search.write_summary(tmp_path)
+    (tmp_path / "results" / cpu_experiment.NAME / "b2000-16k").mkdir()  # not evaluated: left out
+    rows = cpu_experiment.write_summary(tmp_path)
     assert [r["run"] for r in rows] == ["b500", "b1000", "b1000@12min", "b2000", "b4000"]
     assert [r["meets_goal"] for r in rows] == [False, True, False, False, False]
     assert rows[2]["numbers_per_s"] == 1000
     rows = [r for r in rows if r["run"] != "b1000@12min"]
     assert rows[1]["chroma_vs_gt"] == pytest.approx(0.7 / 0.8)
-    out = tmp_path / "results" / search.NAME
+    out = tmp_path / "results" / cpu_experiment.NAME
     table = list(csv.DictReader((out / "runs.csv").read_text().splitlines()))
     assert table[1]["numbers_per_s"] == "1000" and table[1]["meets_goal"] == "True"
     assert float(table[4]["wave_corr"]) == 0.8
@@ -115,8 +116,8 @@ def test_summary_tables_every_run_found_and_marks_the_goal(tmp_path):
 
 
 def test_summary_without_results_says_so(tmp_path):
-    assert search.write_summary(tmp_path) == []
-    assert "No run has results yet." in (tmp_path / "results" / search.NAME / "summary.md").read_text()
+    assert cpu_experiment.write_summary(tmp_path) == []
+    assert "No run has results yet." in (tmp_path / "results" / cpu_experiment.NAME / "summary.md").read_text()
 
 
 def test_experiment_runs_a_subset_with_its_base_and_prepares_each_manifest(
@@ -141,7 +142,7 @@ def test_experiment_runs_a_subset_with_its_base_and_prepares_each_manifest(
 
 
 def test_cli_dry_run_and_summarize(capsys, monkeypatch, tmp_path):
-    assert main(["study", "--experiment", search.NAME, "--variants", "b500,b2000-16k",
+    assert main(["study", "--experiment", cpu_experiment.NAME, "--variants", "b500,b2000-16k",
                  "-p", "train.max_minutes=3", "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4
@@ -149,8 +150,8 @@ def test_cli_dry_run_and_summarize(capsys, monkeypatch, tmp_path):
     assert '"train.max_minutes": 3' in lines[0]
     monkeypatch.setattr(pipeline, "project_root", lambda: tmp_path)
     _fake_point(tmp_path, "b1000", chroma=0.3, target=0.5)
-    assert main(["study", "--experiment", search.NAME, "--summarize"]) == 0
-    assert (tmp_path / "results" / search.NAME / "runs.csv").is_file()
+    assert main(["study", "--experiment", cpu_experiment.NAME, "--summarize"]) == 0
+    assert (tmp_path / "results" / cpu_experiment.NAME / "runs.csv").is_file()
     capsys.readouterr()
     assert main(["study", "--variants", "b500"]) != 0
     assert "--variants and --summarize go with --experiment" in capsys.readouterr().err

@@ -20,8 +20,9 @@ import torch
 from umt_core import forward as fw
 from umt_core.checkpoint import load_checkpoint, load_model
 from umt_core.config import preset
-from umt_core.sampling import VALIDATION_STREAM, DomainAudio, SegmentSampler
-from umt_core.train import build_model, read_metrics, train
+from umt_core.data.sampling import VALIDATION_STREAM, DomainAudio, SegmentSampler
+from umt_core.model import UNIFORM_LOSS
+from umt_core.train import Trainer, build_model, read_metrics, train
 
 TESTS = Path(__file__).resolve().parent
 DOMAINS = ["piano", "cello", "flute"]
@@ -195,7 +196,6 @@ SCRIPT = textwrap.dedent("""
     from test_train import synthetic_domains
     from umt_core.config import preset
     from umt_core.train import train
-
     run_dir, steps, hang_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     overrides = json.loads(sys.argv[4])
 
@@ -338,9 +338,7 @@ def test_nan_batch_and_spikes_are_skipped_and_persistent_divergence_rolls_back(
 
 
 def test_validation_back_at_uniform_output_rolls_back(tmp_path, data, monkeypatch):
-    from umt_core.train import LN_256, Trainer
-
-    values = iter([3.0, 2.5, LN_256 - 0.01])  # learned, learned, then noise
+    values = iter([3.0, 2.5, UNIFORM_LOSS - 0.01])  # learned, learned, then noise
 
     def validate(self):
         v = next(values)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from umt_core import forward as fw
+from umt_core.__main__ import main
 from umt_core.config import preset
 from umt_core.model import UMTN
 
@@ -91,8 +92,6 @@ def test_fast_path_under_bf16_autocast_gives_fp32_gradients_close_to_fp32():
 
 
 def test_bench_train_runs_both_paths_and_checks_equality(capsys):
-    from umt_core.__main__ import main
-
     rc = main(["bench", "train", "--preset", "smoke", "--batch", "1", "--segment", "256",
                "--repeats", "1", "--device", "cpu"])
     out = capsys.readouterr().out

@@ -13,9 +13,12 @@ import sys
 from pathlib import Path
 
 import nbformat
+import papermill
 import pytest
 import soundfile as sf
 from conftest import REPO, scratch_root
+
+from umt_core import data
 
 NOTEBOOK = REPO / "notebooks" / "02_train.ipynb"
 
@@ -63,7 +66,6 @@ def test_notebook_is_stored_clean_with_one_parameters_cell():
 @pytest.fixture(scope="module")
 def prepared_root(tmp_path_factory):
     """A scratch project root holding a prepared tiny dataset (manifest tiny.yaml)."""
-    data = pytest.importorskip("umt_core.data", reason="training on a manifest needs data.py")
     root = scratch_root(tmp_path_factory.mktemp("prepared"))
     manifest = _tiny_dataset(root)
     data.prep(data.load_manifest(root / manifest), progress=False, log=lambda *a: None)
@@ -71,7 +73,6 @@ def prepared_root(tmp_path_factory):
 
 
 def test_notebook_trains_under_papermill(prepared_root, tmp_path, monkeypatch):
-    papermill = pytest.importorskip("papermill")
     root = prepared_root
     monkeypatch.setenv("UMT_ROOT", str(root))
     out = tmp_path / "executed.ipynb"

@@ -12,14 +12,14 @@ import sys
 
 # Modules that provide commands, in the order `--help` lists them.
 COMMAND_MODULES = [
-    "umt_core.data",        # prep
-    "umt_core.train",       # train
-    "umt_core.reference",   # convert-reference
-    "umt_core.generate",    # translate
-    "umt_core.analysis",    # analyze-log
-    "umt_core.evaluate",    # evaluate
-    "umt_core.pipeline",    # study
-    "umt_core.bench",       # bench train|generate
+    "umt_core.data.prepare",    # prep
+    "umt_core.train",           # train
+    "umt_core.reference",       # convert-reference
+    "umt_core.generate.api",    # translate
+    "umt_core.analysis",        # analyze-log
+    "umt_core.evaluate",        # evaluate
+    "umt_core.study.pipeline",  # study
+    "umt_core.bench",           # bench train|generate|loader
 ]
 
 
@@ -30,13 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:  # that part of the study is not installed
-                continue
-            raise
-        module.register_cli(sub)
+        importlib.import_module(name).register_cli(sub)
     return parser
 
 

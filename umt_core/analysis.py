@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-LN256 = math.log(256.0)  # nats: cross-entropy of a uniform guess over 256 codes
+from .model import UNIFORM_LOSS
 
 TABLE_COLUMNS = {
     "source": "the file the value was read from",
@@ -717,7 +717,7 @@ def find_divergence(log: LossLog, epochs: pd.DataFrame | None = None, *, tol: fl
     for lin, g in means.groupby("lineage", sort=True):
         wide = g.pivot_table(index=["run", "epoch"], columns="split", values="mean_recon",
                              aggfunc="last").sort_index()
-        near = (wide >= LN256 - tol).all(axis=1).to_numpy()
+        near = (wide >= UNIFORM_LOSS - tol).all(axis=1).to_numpy()
         if len(near) < min_epochs or not near[-1]:
             continue
         i = len(near)
@@ -810,7 +810,7 @@ def analyze(sources: Sequence[str | Path] | str | Path | LossLog,
         find_divergence(log, epochs, tol=uniform_tol, min_epochs=min_diverged_epochs),
         best_epochs(log, epochs),
         {"window": window, "z": z, "floor": floor, "uniform_tol": uniform_tol,
-         "min_diverged_epochs": min_diverged_epochs, "ln256": LN256},
+         "min_diverged_epochs": min_diverged_epochs, "ln256": UNIFORM_LOSS},
     )
 
 
@@ -871,7 +871,7 @@ def summarize(a: LossAnalysis, max_spikes: int = 4) -> str:
                f"(chance {d.chance:.3f})" if d.classifier_acc_stuck else
                "the domain classifier's accuracy kept changing")
         out.append(f"Run {d.run} diverged at epoch {d.onset_epoch}: its losses stayed near "
-                   f"ln 256 = {LN256:.3f} (mean {d.mean_recon:.2f}) until the end, the loss of "
+                   f"ln 256 = {UNIFORM_LOSS:.3f} (mean {d.mean_recon:.2f}) until the end, the loss of "
                    f"a model that outputs noise, and {acc}.")
     if not len(a.divergence):
         out.append("No run diverged.")

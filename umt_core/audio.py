@@ -13,6 +13,7 @@ Two mu-law variants exist and a model always states which one it was trained wit
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -54,27 +55,47 @@ class AudioError(ValueError):
     """Unusable audio; the message names the file and what to do."""
 
 
+# A peak below -80 dBFS is silence.
+SILENCE_PEAK = 1e-4
+
+
+def check_audio(audio: np.ndarray, label: str, *, allow_silent: bool = False) -> np.ndarray:
+    """`audio` itself when it has samples, all finite, and (unless `allow_silent`) is
+    not silent; else `AudioError` naming `label`."""
+    if audio.size == 0:
+        raise AudioError(f"{label}: contains no samples")
+    if not np.isfinite(audio).all():
+        raise AudioError(f"{label}: contains NaN or infinite samples; re-export it")
+    if not allow_silent and float(np.abs(audio).max()) < SILENCE_PEAK:
+        raise AudioError(f"{label}: is silent (peak below -80 dBFS)")
+    return audio
+
+
+def read_audio(source: str | Path | bytes, label: str | None = None) -> tuple[np.ndarray, int]:
+    """The samples of a sound file (a path, or the file's bytes) as float32
+    (samples, channels), and its sample rate. `AudioError` naming `label` (default:
+    the path) for a missing or unreadable file; the samples are not checked."""
+    from_bytes = isinstance(source, bytes)
+    label = label or ("<bytes>" if from_bytes else str(source))
+    if not from_bytes and not Path(source).exists():
+        raise AudioError(f"{label}: missing file")
+    try:
+        return sf.read(io.BytesIO(source) if from_bytes else str(source), dtype="float32",
+                       always_2d=True)
+    except Exception as e:  # soundfile raises several types for corrupt files
+        raise AudioError(f"{label}: cannot be read as audio ({e})") from e
+
+
 def load_audio(path: str | Path, sample_rate: int | None = None, mono: bool = True,
                allow_silent: bool = True) -> tuple[np.ndarray, int]:
     """Read a sound file as float32 (mono by channel mean), optionally resampled.
 
-    Raises `AudioError` naming the file for unreadable, empty, non-finite or (when
-    ``allow_silent`` is false) silent audio.
+    Raises `AudioError` naming the file for missing, unreadable, empty, non-finite or
+    (when ``allow_silent`` is false) silent audio.
     """
-    path = Path(path)
-    if not path.exists():
-        raise AudioError(f"{path}: no such audio file")
-    try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as e:  # soundfile raises several types for corrupt files
-        raise AudioError(f"{path}: cannot be read as audio ({e}); re-export or remove it") from e
-    if data.shape[0] == 0:
-        raise AudioError(f"{path}: contains no samples")
-    if not np.isfinite(data).all():
-        raise AudioError(f"{path}: contains NaN or infinite samples; re-export it")
-    audio = data.mean(axis=1) if mono else data.T
-    if not allow_silent and np.abs(audio).max() < 1e-4:
-        raise AudioError(f"{path}: is silent (peak below -80 dBFS)")
+    data, sr = read_audio(path)
+    audio = check_audio(data.mean(axis=1) if mono else data.T, str(path),
+                        allow_silent=allow_silent)
     if sample_rate is not None and sr != sample_rate:
         audio = resample(audio, sr, sample_rate)
         sr = sample_rate

@@ -15,8 +15,6 @@ all have this shape, so `load_model` loads any of them.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ import torch
 
 from .config import Config
 from .model import UMTN
+from .paths import atomic_path
 
 FORMAT = "umt_core.checkpoint"
 VERSION = 1
@@ -46,22 +45,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
         if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all():
             raise CheckpointError(f"refusing to save {path}: parameter {name} is not finite")
     payload = {"format": FORMAT, "version": VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, durable=True) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

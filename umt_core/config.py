@@ -144,7 +144,7 @@ def _paper() -> Config:
 
 def _cpu() -> Config:
     # The reference's architecture scaled to 2 CPU cores, as the CPU translation search
-    # (umt_core.search) found it: a latent of 16 channels at one frame per 64 samples
+    # (umt_core.study.cpu_experiment) found it: a latent of 16 channels at one frame per 64 samples
     # (2,000 numbers per second at 8 kHz), a short decoder (1 block of 6 layers: a
     # receptive field of 65 samples), 30% of the decoders' input codes corrupted and a
     # strong confusion term, so that the decoders take the notes from the latent. Short

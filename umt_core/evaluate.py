@@ -47,11 +47,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import librosa
 import numpy as np
 import pandas as pd
 import torch
+from threadpoolctl import threadpool_limits
 
 from .audio import load_audio, mu_law_decode, mu_law_encode
+from .checkpoint import load_model
+from .data import load_manifest, split_files
+from .generate import translate
+from .model import N_CLASSES
+from .paths import resolve
 
 CONDITIONS = ("translation", "identity", "ground_truth", "unrelated", "reconstruction")
 
@@ -101,15 +108,11 @@ def _active(energy: np.ndarray, db: float = ACTIVE_DB) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _mel_basis(sample_rate: int) -> np.ndarray:
-    import librosa
-
     return librosa.filters.mel(sr=sample_rate, n_fft=MEL_FFT, n_mels=N_MELS,
                                fmax=sample_rate / 2).astype(np.float32)
 
 
 def _power_spectrogram(audio: np.ndarray) -> np.ndarray:
-    import librosa
-
     return np.abs(librosa.stft(_as_audio(audio), n_fft=MEL_FFT, hop_length=MEL_HOP)) ** 2
 
 
@@ -139,8 +142,6 @@ def instrument_features(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 
 def chroma(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """12-bin chroma (12, frames) from a long-window STFT, tuning fixed at A440."""
-    import librosa
-
     return librosa.feature.chroma_stft(
         y=_as_audio(audio), sr=sample_rate, n_fft=CHROMA_FFT, hop_length=CHROMA_HOP,
         tuning=0.0, norm=None,
@@ -183,8 +184,6 @@ def logmel_distance(a: np.ndarray, b: np.ndarray, sample_rate: int) -> float:
 def spectral_flatness(audio: np.ndarray, sample_rate: int) -> float:
     """Median spectral flatness of the active frames: about 0.56 for white noise,
     below 0.05 for pitched music."""
-    import librosa
-
     a = _as_audio(audio)
     if np.abs(a).max() <= 0:
         return 0.0
@@ -205,8 +204,6 @@ def _small_blas(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from threadpoolctl import threadpool_limits
-
         with threadpool_limits(limits=1, user_api="blas"):
             return fn(*args, **kwargs)
 
@@ -238,7 +235,7 @@ def degrade_many(clips: Sequence[np.ndarray], rng: np.random.Generator,
     for (a, b), level in zip(itertools.pairwise(bounds), levels):
         if level > 0:
             codes[a:b] += np.rint(rng.normal(0.0, level, size=b - a)).astype(codes.dtype)
-    out = mu_law_decode(torch.from_numpy(np.clip(codes, 0, 255)), mu_law).numpy()
+    out = mu_law_decode(torch.from_numpy(np.clip(codes, 0, N_CLASSES - 1)), mu_law).numpy()
     return [out[a:b] for a, b in itertools.pairwise(bounds)]
 
 
@@ -313,6 +310,8 @@ def train_instrument_classifier(
     `heldout` (other files, e.g. the val split) or, without it, on a quarter of each
     domain's files; both clean-quantised and noisy versions are reported.
     """
+    # On use: scikit-learn takes seconds to import (measured) and every CLI command
+    # imports this module to list its own.
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -379,6 +378,8 @@ def latent_probe(features: np.ndarray, labels: Sequence[str], groups: Sequence[s
     from latent features, against chance (the majority share). With `groups` (e.g. the
     work a segment comes from), folds never split a group, so the probe cannot
     recognise the notes."""
+    # On use: scikit-learn takes seconds to import (measured) and every CLI command
+    # imports this module to list its own.
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold, StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
@@ -453,8 +454,6 @@ class EvalData:
 
     @classmethod
     def from_manifest(cls, manifest) -> EvalData:
-        from .data import load_manifest, split_files
-
         if isinstance(manifest, str | Path):
             manifest = load_manifest(manifest)
         files = {}
@@ -532,8 +531,6 @@ Translator = Callable[[list[np.ndarray], str, list[str], list[str]], dict[str, l
 def model_translator(model, *, temperature: float = 1.0, seed: int = 0,
                      progress: bool = False) -> Translator:
     """Translate with `umt_core.generate.translate` (batched over the clips)."""
-    from .generate import translate
-
     def run(audio: list[np.ndarray], source: str, stems: list[str], targets: list[str]):
         out = translate(model, audio, model.config.sample_rate, targets,
                         temperature=temperature, seed=seed, progress=progress)
@@ -918,9 +915,6 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 
 
 def _cli(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
-    from .paths import resolve
-
     model = load_model(resolve(args.checkpoint))
     data = EvalData.from_manifest(resolve(args.manifest))
     ev = evaluate(model, data, sources=args.sources, targets=args.targets, clips=args.clips,

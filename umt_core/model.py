@@ -18,18 +18,28 @@ frame instead of failing.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import Config, ModelConfig
 
-N_CLASSES = 256
+N_CLASSES = 256  # 8-bit mu-law codes 0..255
+# Nats: the cross-entropy of a uniform guess over the codes, where an untrained (or a
+# diverged) decoder's loss sits.
+UNIFORM_LOSS = math.log(N_CLASSES)
+
+
+def code_values(codes: torch.Tensor) -> torch.Tensor:
+    """int codes (any shape) -> the decoder's float input in [-0.5, 0.5]."""
+    return codes.float() / (N_CLASSES - 1) - 0.5
 
 
 def scale_codes(codes: torch.Tensor) -> torch.Tensor:
     """int codes (B, T) -> float input (B, 1, T) in [-0.5, 0.5]."""
-    return (codes.float() / 255.0 - 0.5).unsqueeze(1)
+    return code_values(codes).unsqueeze(1)
 
 
 def upsample_frames(c: torch.Tensor, length: int) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Where things are: the project root and its standard folders.
+"""Where things are, and how a file is written: the project root, and the one atomic
+write every file of the project goes through.
 
 Notebooks and the CLI take paths relative to the project root, whatever the
 working directory (JupyterLab starts kernels in notebooks/, papermill in the root).
@@ -6,7 +7,10 @@ working directory (JupyterLab starts kernels in notebooks/, papermill in the roo
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -29,13 +33,34 @@ def resolve(path: str | Path, root: Path | None = None) -> Path:
     return p if p.is_absolute() else (root or project_root()) / p
 
 
-def data_dir() -> Path:
-    return project_root() / "data"
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, durable: bool = False) -> Iterator[Path]:
+    """A fresh temporary name beside `path` (same suffix) to write the new file to; when
+    the block ends without error it replaces `path` in one step, so a reader or a crash
+    sees the old file or the new one, never half of one. `durable`: the file and its
+    folder are also forced to disk first. On an error the temporary file is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A name of its own per writer (concurrent writers each install a whole file); the
+    # writer creates it, so it gets the usual permissions.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    try:
+        yield tmp
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if durable:
+            folder = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def runs_dir() -> Path:
-    return project_root() / "runs"
-
-
-def results_dir() -> Path:
-    return project_root() / "results"
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` to `path` through `atomic_path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

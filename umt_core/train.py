@@ -18,7 +18,7 @@ was not in the step does not move, not even by momentum.
 
 Batches: ``batch_per_domain`` segments per domain and step, whatever the number of
 processes. Segment ``i`` of a step comes from its own random stream (see
-`umt_core.sampling`), rank ``r`` of ``W`` takes a contiguous slice of the indices and
+`umt_core.data.sampling`), rank ``r`` of ``W`` takes a contiguous slice of the indices and
 cuts it into micro-batches of ``micro_batch``; every loss is a sum divided by the
 *global* count, and gradients are summed across processes, so one process with the
 whole batch and W processes with slices compute the same step (float tolerance).
@@ -73,15 +73,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
+from . import data
 from . import forward as fw
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .config import Config, apply_overrides, parse_overrides, preset
-from .model import UMTN
-from .paths import resolve
-from .sampling import TRAIN_STREAM, VALIDATION_STREAM, DomainAudio, SegmentSampler, prefetch
+from .data.sampling import TRAIN_STREAM, VALIDATION_STREAM, DomainAudio, SegmentSampler, prefetch
+from .model import N_CLASSES, UMTN, UNIFORM_LOSS
+from .paths import atomic_path, resolve, write_text_atomic
 
-LN_256 = math.log(256.0)
 # The spike test needs some history: the running median of fewer steps is noise.
 MIN_SPIKE_HISTORY = 5
 # "Had learned": best validation loss this far below ln 256 before a return to it
@@ -166,7 +167,7 @@ def corrupt_codes(codes: torch.Tensor, share: float, seed: int, step: int, domai
     for row, index in enumerate(indices):
         rng = np.random.default_rng([seed, CORRUPTION_STREAM, step, domain, int(index)])
         mask = torch.from_numpy(rng.random(t) < share)
-        noise = torch.from_numpy(rng.integers(0, 256, t)).to(codes.dtype)
+        noise = torch.from_numpy(rng.integers(0, N_CLASSES, t)).to(codes.dtype)
         out[row] = torch.where(mask.to(codes.device), noise.to(codes.device), codes[row])
     return out
 
@@ -219,18 +220,15 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def _link_or_copy(src: Path, dst: Path) -> None:
     """Make `dst` an atomic copy of the finished file `src` (a hard link when possible)."""
-    tmp = dst.with_name(f".{dst.name}.link.tmp")
-    if tmp.exists():
-        tmp.unlink()
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
 
 
 # --------------------------------------------------------------------------- distributed
-class _Dist:
+class ProcessGroup:
     """The process group of a torchrun launch (or a single process)."""
 
     def __init__(self) -> None:
@@ -280,7 +278,7 @@ class _Dist:
 
 
 # --------------------------------------------------------------------------- run files
-class _RunFiles:
+class RunFiles:
     """metrics.jsonl, train.log and checkpoints of one run; silent on ranks > 0."""
 
     def __init__(self, run_dir: Path, active: bool, progress: bool,
@@ -317,9 +315,7 @@ class _RunFiles:
         if not self.active or not self.metrics_path.exists():
             return
         kept = [e for e in read_metrics(self.metrics_path) if int(e.get("step", 0)) <= step]
-        tmp = self.metrics_path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(json.dumps(e) + "\n" for e in kept))
-        os.replace(tmp, self.metrics_path)
+        write_text_atomic(self.metrics_path, "".join(json.dumps(e) + "\n" for e in kept))
 
     def event(self, kind: str, step: int, epoch: int, **fields: Any) -> None:
         if not self.active:
@@ -343,8 +339,6 @@ class _RunFiles:
 
 class _TqdmHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        from tqdm.auto import tqdm
-
         tqdm.write(self.format(record))
 
 
@@ -372,7 +366,7 @@ class Trainer:
     """State of one training run; `train` is the entry point."""
 
     def __init__(self, cfg: Config, run_dir: Path, train_data: Sequence[DomainAudio],
-                 val_data: Sequence[DomainAudio], augment, ctx: _Dist, files: _RunFiles):
+                 val_data: Sequence[DomainAudio], augment, ctx: ProcessGroup, files: RunFiles):
         self.cfg = cfg
         self.tc = cfg.train
         self.run_dir = run_dir
@@ -533,7 +527,7 @@ class Trainer:
 
     # -- one step
     def _codes_ok(self, codes: torch.Tensor) -> bool:
-        return bool(codes.numel() == 0 or (codes.min() >= 0 and codes.max() <= 255))
+        return bool(codes.numel() == 0 or (codes.min() >= 0 and codes.max() < N_CLASSES))
 
     def train_step(self, batches: list[tuple[int, torch.Tensor, torch.Tensor]],
                    indices: Sequence[Sequence[int]] | None = None) -> None:
@@ -731,8 +725,8 @@ class Trainer:
         diverged = None
         if not math.isfinite(val_loss):
             diverged = "non-finite validation loss"
-        elif (self.best_val < LN_256 - LEARNED_MARGIN
-              and val_loss > LN_256 - self.tc.uniform_margin):
+        elif (self.best_val < UNIFORM_LOSS - LEARNED_MARGIN
+              and val_loss > UNIFORM_LOSS - self.tc.uniform_margin):
             diverged = f"validation loss {val_loss:.3f} is back at ln 256 (uniform output)"
         if diverged:
             self.rollback(diverged)
@@ -767,8 +761,6 @@ def _clone_state(obj: Any) -> Any:
 def _resolve_data(cfg: Config, manifest, train_data, val_data):
     augment = None
     if manifest is not None:
-        from . import data
-
         m = data.load_manifest(resolve(manifest)) if isinstance(manifest, (str, Path)) \
             else manifest
         if train_data is None:
@@ -797,9 +789,7 @@ def _resolve_data(cfg: Config, manifest, train_data, val_data):
         names = list(cfg.domains)
     cfg.domains = names
     if cfg.train.augment and cfg.train.pitch_shift_semitones > 0:
-        from .data import make_augmenter
-
-        augment = make_augmenter(cfg)
+        augment = data.make_augmenter(cfg)
     return list(train_data), list(val_data), augment
 
 
@@ -849,8 +839,8 @@ def train(cfg: Config, run_dir: str | Path, *, manifest=None,
                          "model's rate")
     _check_config(cfg)
     run_dir = resolve(run_dir)
-    ctx = _Dist()
-    files = _RunFiles(run_dir, ctx.main, progress, on_event)
+    ctx = ProcessGroup()
+    files = RunFiles(run_dir, ctx.main, progress, on_event)
     try:
         return _run(cfg, run_dir, train_data, val_data, augment, ctx, files,
                     steps, fresh, progress, source, init_from)
@@ -859,8 +849,8 @@ def train(cfg: Config, run_dir: str | Path, *, manifest=None,
         ctx.close()
 
 
-def _run(cfg: Config, run_dir: Path, train_data, val_data, augment, ctx: _Dist,
-         files: _RunFiles, steps: int | None, fresh: bool, progress: bool,
+def _run(cfg: Config, run_dir: Path, train_data, val_data, augment, ctx: ProcessGroup,
+         files: RunFiles, steps: int | None, fresh: bool, progress: bool,
          source: UMTN | None = None, init_from: str | Path | None = None) -> dict[str, Any]:
     resume = files.last.exists() and not fresh
     if resume:
@@ -925,8 +915,6 @@ def _run(cfg: Config, run_dir: Path, train_data, val_data, augment, ctx: _Dist,
 
 
 def _loop(trainer: Trainer, target: int, progress: bool) -> None:
-    from tqdm.auto import tqdm
-
     tc = trainer.tc
     bar = tqdm(total=target, initial=min(trainer.step, target), desc="train", unit="step",
                disable=not progress, dynamic_ncols=True)
@@ -967,7 +955,7 @@ def _loop(trainer: Trainer, target: int, progress: bool) -> None:
 
 
 # --------------------------------------------------------------------------- launching
-def _agreed(ctx: _Dist, seconds: float, needed: bool) -> float:
+def _agreed(ctx: ProcessGroup, seconds: float, needed: bool) -> float:
     """The slowest process's time, so that a time budget stops every process at the same
     step (`needed`: a budget is set; otherwise each keeps its own time, no collective)."""
     if not (ctx.enabled and needed):
@@ -1069,10 +1057,3 @@ def _cli(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=2))
     return 0
-
-
-# --------------------------------------------------------------------------- benchmark
-def run_benchmark(args: argparse.Namespace) -> int:
-    from .train_bench import run_benchmark as run
-
-    return run(args)

@@ -14,10 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import librosa
 import numpy as np
 import torch
+import torchaudio.functional as AF
 
-from .audio import load_audio, mu_law_encode
+from ..audio import load_audio, mu_law_encode
 
 TRAIN_STREAM = 0
 VALIDATION_STREAM = 1
@@ -164,7 +166,7 @@ class PitchShiftAugmenter:
     rest of the segment is returned untouched and the length is kept.
 
     ``method="librosa"``: phase-vocoder time stretch + soxr resampling (librosa),
-    the fastest exact option measured on CPU (see `umt_core.data.bench_loader`).
+    the fastest exact option measured on CPU (see `python -m umt_core bench loader`).
     ``method="torchaudio"``: `torchaudio.functional.pitch_shift`, much slower for
     fractional shifts (its resampling kernel follows the rational ratio).
     """
@@ -190,16 +192,12 @@ class PitchShiftAugmenter:
     def shift(self, audio: np.ndarray, semitones: float) -> np.ndarray:
         audio = np.asarray(audio, dtype=np.float32)
         if self.method == "librosa":
-            import librosa
-
             # librosa's default window (2048) unless the sub-segment is shorter than that
             # (small presets): then the largest power of two that fits.
             n_fft = 2048 if len(audio) >= 2048 else max(16, 1 << (len(audio).bit_length() - 1))
             out = librosa.effects.pitch_shift(audio, sr=self.sample_rate, n_steps=semitones,
                                               n_fft=n_fft, hop_length=n_fft // 4)
         else:
-            import torchaudio.functional as AF
-
             out = AF.pitch_shift(torch.from_numpy(audio.copy()), self.sample_rate,
                                  semitones).numpy()
         out = np.asarray(out, dtype=np.float32)

@@ -10,7 +10,7 @@ only in how the step is computed:
 - `TorchStep`: the decoders' weights stacked and packed once, the whole step as a few
   batched matmuls over decoders with preallocated buffers and device-side indices, so
   that on CUDA it is captured once in a CUDA graph and replayed per sample.
-- `umt_core.generate_cpu.CppStep` (CPU): a compiled kernel that runs a whole chunk of
+- `umt_core.generate.cpu.CppStep` (CPU): a compiled kernel that runs a whole chunk of
   samples per call.
 
 Conventions shared with `umt_core.model.WaveNetDecoder`: the input at step t is the
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .model import N_CLASSES, WaveNetDecoder
+from ..model import N_CLASSES, WaveNetDecoder, code_values
 
 
 @dataclass(frozen=True)
@@ -109,11 +109,6 @@ def _advise_huge_pages(t: torch.Tensor) -> None:
         libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), 14)  # MADV_HUGEPAGE
     except (OSError, AttributeError):
         pass
-
-
-def scaled(codes: torch.Tensor) -> torch.Tensor:
-    """Codes as decoder input, exactly as `umt_core.model.scale_codes`."""
-    return codes.float() / 255.0 - 0.5
 
 
 def pick_codes(logits: torch.Tensor, uniforms: torch.Tensor | None,
@@ -208,7 +203,7 @@ class EagerStep:
                     u = None if c.uniforms is None else c.uniforms[rows, i]
                     code = pick_codes(logits, u, c.inv_temperature)
                 codes[rows, i] = code
-                st.inputs[rows] = torch.cat([st.inputs[rows, 1:], scaled(code)[:, None]], 1)
+                st.inputs[rows] = torch.cat([st.inputs[rows, 1:], code_values(code)[:, None]], 1)
             st.t += 1
         return codes, logits_out
 
@@ -363,7 +358,7 @@ class TorchStep:
             inputs[:, :-1].copy_(inputs[:, 1:].clone())
         else:
             inputs[:, 0].copy_(inputs[:, 1])
-        inputs[:, -1].copy_(scaled(code))
+        inputs[:, -1].copy_(code_values(code))
         self.t.add_(1)
         self.i.add_(1)
 

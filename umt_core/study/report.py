@@ -17,6 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ..data import load_manifest
+from ..device import cpu_name
+
 # Package versions recorded in the provenance.
 PACKAGES = (
     "umt_core", "torch", "torchaudio", "numpy", "librosa", "soundfile", "music21",
@@ -64,6 +69,8 @@ def render_html(ipynb: Path, html_path: Path) -> Path | None:
     audio players carry their WAV as base64, so the page plays offline in a browser."""
     if not ipynb.is_file():
         return None
+    # On use: nbformat and nbconvert take seconds to import (measured), and every CLI
+    # command imports this module.
     import nbformat
     from nbconvert import HTMLExporter
 
@@ -141,8 +148,6 @@ def lock_info(root: Path, manifest: str) -> dict[str, Any]:
 
 
 def _lock_path(root: Path, manifest: str) -> Path | None:
-    from .data import load_manifest
-
     try:
         return load_manifest(Path(manifest) if Path(manifest).is_absolute()
                              else root / manifest).lock_path
@@ -161,18 +166,8 @@ def package_versions() -> dict[str, str | None]:
 
 
 def device_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
+    info: dict[str, Any] = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "gpus": []}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {"cpu": cpu, "cpu_count": os.cpu_count(), "gpus": []}
-    try:
-        import torch
-
         if torch.cuda.is_available():
             info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     except (ImportError, RuntimeError) as e:

@@ -27,10 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import forward as fw
-from .config import Config, preset
-from .model import UMTN
-from .sampling import DomainAudio
+from .. import forward as fw
+from ..config import Config, preset
+from ..data.sampling import DomainAudio
+from ..device import exact_fp32, resolve_device
+from ..model import N_CLASSES, UMTN
+from ..train import ProcessGroup, RunFiles, Trainer
 
 PATHS = {
     "reference": "eager, as the reference: conditioning 1x1 convs at audio rate, separate "
@@ -51,15 +53,9 @@ def _config(preset_name: str, domains: int, batch: int, segment: int,
 
 def _codes(batch: int, segment: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    clean = torch.randint(0, 256, (batch, segment), generator=g)
-    aug = torch.randint(0, 256, (batch, segment), generator=g)
+    clean = torch.randint(0, N_CLASSES, (batch, segment), generator=g)
+    aug = torch.randint(0, N_CLASSES, (batch, segment), generator=g)
     return clean.to(device), aug.to(device)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 # --------------------------------------------------------------------------- the two steps
@@ -102,13 +98,11 @@ def _reference_runner(cfg: Config, device: torch.device, clean, aug):
 
 def _optimized_runner(cfg: Config, device: torch.device, clean, aug):
     """`umt_core.train.Trainer.train_step` (a trainer without a run directory)."""
-    from .train import Trainer, _Dist, _RunFiles
-
     data = [DomainAudio(n, [np.zeros(cfg.train.segment_samples, np.float32)], [n])
             for n in cfg.domains]
     nowhere = Path(os.devnull)
-    files = _RunFiles(nowhere, active=False, progress=False, on_event=None)
-    trainer = Trainer(cfg, nowhere, data, data, None, _Dist(), files)
+    files = RunFiles(nowhere, active=False, progress=False, on_event=None)
+    trainer = Trainer(cfg, nowhere, data, data, None, ProcessGroup(), files)
 
     def step() -> None:
         trainer.train_step([(trainer.step_domains(trainer.step)[0], clean, aug)])
@@ -135,7 +129,7 @@ def _count_saved_bytes(out: list[int]):
 def measure(preset_name: str, domains: int, batch: int, segment: int, repeats: int,
             device_name: str, deterministic: bool = True) -> dict[str, dict[str, Any]]:
     """Alternate steps of both paths; per path: step times, activation bytes, CUDA peak."""
-    device = _device(device_name)
+    device = resolve_device(device_name)
     cfg = _config(preset_name, domains, batch, segment, deterministic)
     clean, aug = _codes(batch, segment, device)
     runners = {"reference": _reference_runner(cfg, device, clean, aug),
@@ -175,7 +169,7 @@ def measure(preset_name: str, domains: int, batch: int, segment: int, repeats: i
 def check_equal(preset_name: str, domains: int, batch: int, segment: int,
                 device_name: str) -> dict[str, float]:
     """Losses and gradients of both paths on the same weights and batch (fp32)."""
-    device = _device(device_name)
+    device = resolve_device(device_name)
     cfg = _config(preset_name, domains, batch, segment)
     torch.manual_seed(cfg.train.seed)
     model = UMTN(cfg).to(device).train()
@@ -202,25 +196,13 @@ def check_equal(preset_name: str, domains: int, batch: int, segment: int,
             "max_grad_rel_diff": rel}
 
 
-@contextlib.contextmanager
-def exact_fp32():
-    """Full fp32 products inside the block: cuDNN convolutions default to TF32 on CUDA
-    (matrix products do not); nothing changes on CPU."""
-    conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, mm
-
-
 # --------------------------------------------------------------------------- entry point
 def _mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
-def run_benchmark(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
     batch = args.batch
     if device.type == "cuda" and batch < 32:
         print(f"note: on CUDA the figure of interest is --batch 32 (bf16); running {batch}")

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from ..paths import write_text_atomic
+
 RENDERER_VERSION = 2  # bump when the rendered audio of a given spec changes
 
 # General MIDI programs (0-based) of instruments a manifest may name.
@@ -101,7 +103,7 @@ def notes_sha256(notes: dict[str, Any]) -> str:
 
 
 def note_cache_dir(root: Path) -> Path:
-    import music21
+    import music21  # on use: over a second to import (measured), only rendering needs it
 
     return Path(root) / f"music21-{music21.__version__}"
 
@@ -115,10 +117,7 @@ def cached_notes(work: str, cache_dir: Path) -> dict[str, Any]:
         except (OSError, json.JSONDecodeError):
             pass  # a truncated cache entry: parse again
     notes = parse_work(work)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(notes, separators=(",", ":")))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(notes, separators=(",", ":")))
     return notes
 
 
@@ -175,7 +174,7 @@ class _Renderer:
     """
 
     def __init__(self, soundfont: str, sample_rate: int, gain: float):
-        import fluidsynth
+        import fluidsynth  # on use: needs the system library, only rendering does
 
         self._fluidsynth = fluidsynth
         self._lib = fluidsynth._fl

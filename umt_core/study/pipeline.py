@@ -32,9 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from jupyter_client.kernelspec import KernelSpecManager
 
-from . import search
-from .paths import project_root
+from .. import data
+from ..paths import project_root
+from . import cpu_experiment
 from .report import (
     NotebookRun,
     StudyReport,
@@ -51,7 +53,7 @@ KERNEL = "umt-study"
 DEFAULT_MANIFEST = "data_manifests/scores.yaml"
 # The cpu study is the CPU translation search's chosen point: its data, domains and
 # evaluation clips (its model and training are the cpu config preset).
-_CHOSEN = search.POINTS[search.CHOSEN].parameters()
+_CHOSEN = cpu_experiment.POINTS[cpu_experiment.CHOSEN].parameters()
 # The dataset a preset's study uses when none is given.
 PRESET_MANIFESTS = {"cpu": _CHOSEN["manifest"]}
 # Presets whose (smaller) dataset is prepared under its own name: see `preset_manifest`.
@@ -145,7 +147,7 @@ def declared_parameters(path: Path) -> dict[str, str]:
 
     Read with Python's own parser: every top-level assignment of the cell counts, whatever
     its comment says (papermill's line matcher gives up on some comments)."""
-    import nbformat
+    import nbformat  # on use: seconds to import (measured); every CLI command imports this
 
     nb = nbformat.read(path, as_version=4)
     tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
@@ -232,8 +234,6 @@ def preset_manifest(root: Path, manifest: str, preset: str, *, write: bool = Tru
 
 def ensure_kernel(name: str = KERNEL) -> None:
     """Register the study's Jupyter kernel (this Python) if it is missing."""
-    from jupyter_client.kernelspec import KernelSpecManager
-
     if name in KernelSpecManager().find_kernel_specs():
         return
     subprocess.run(
@@ -325,6 +325,7 @@ def run_study(
 
 def _execute(nb: NotebookRun, nb_dir: Path, out_dir: Path, root: Path, progress: bool):
     """Run one notebook; returns None, or a description of the failure."""
+    # On use: papermill takes seconds to import (measured); every CLI command imports this.
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -392,9 +393,9 @@ class Experiment:
 
 
 def _search_experiment() -> Experiment:
-    return Experiment(search.DESCRIPTION, search.variants(),
-                      notebooks=("02_train", "04_listening_tests"), base=dict(search.BASE),
-                      summarize=search.write_summary, prepare=True)
+    return Experiment(cpu_experiment.DESCRIPTION, cpu_experiment.variants(),
+                      notebooks=("02_train", "04_listening_tests"), base=dict(cpu_experiment.BASE),
+                      summarize=cpu_experiment.write_summary, prepare=True)
 
 
 EXPERIMENTS: dict[str, Experiment] = {
@@ -433,10 +434,8 @@ def run_experiment(
     root = Path(root or project_root()).resolve()
     runs = experiment_runs(name, manifest, overrides, only)
     if exp.prepare:
-        from .data import prep
-
         for m in dict.fromkeys(m or default_manifest(preset) for m, _ in runs.values()):
-            prep(root / m if not Path(m).is_absolute() else m, progress=progress, log=log)
+            data.prep(root / m if not Path(m).is_absolute() else m, progress=progress, log=log)
     reports, failures = {}, []
     for variant, (variant_manifest, params) in runs.items():
         log(f"== {name}/{variant}")

@@ -1,9 +1,12 @@
-"""`python -m umt_core bench train|generate`: speed and memory, with an eager
-baseline measured in the same run. Figures are printed, never asserted in tests."""
+"""`python -m umt_core bench train|generate|loader`: speed and memory, with a
+baseline measured in the same run. Figures are printed, never asserted in tests.
+Benchmarks live here, out of the library: the library never imports this package."""
 
 from __future__ import annotations
 
 import argparse
+
+from . import generate, loader, train
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +22,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--device", default="auto")
     t.add_argument("--nondeterministic", action="store_true",
                    help="CUDA: allow nondeterministic kernels (train.deterministic=false)")
-    t.set_defaults(func=_bench_train)
+    t.set_defaults(func=train.run)
 
     g = which.add_parser("generate", help="autoregressive generation, audio samples/s")
     g.add_argument("--preset", default="paper")
@@ -27,16 +30,12 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--samples", type=int, default=0, help="samples generated per run (0 = auto)")
     g.add_argument("--repeats", type=int, default=3)
     g.add_argument("--device", default="auto")
-    g.set_defaults(func=_bench_generate)
+    g.set_defaults(func=generate.run)
 
-
-def _bench_train(args: argparse.Namespace) -> int:
-    from .train import run_benchmark
-
-    return run_benchmark(args)
-
-
-def _bench_generate(args: argparse.Namespace) -> int:
-    from .generate import run_benchmark
-
-    return run_benchmark(args)
+    d = which.add_parser("loader", help="training loader segments/s, with and without augmentation")
+    d.add_argument("--manifest", default="data_manifests/scores.yaml",
+                   help="measures its prepared train split (noise when not prepared)")
+    d.add_argument("--segment", type=int, default=12000, help="samples per segment")
+    d.add_argument("--batch", type=int, default=32, help="segments per domain and step")
+    d.add_argument("--workers", type=int, default=2, help="loader processes of the second run")
+    d.set_defaults(func=loader.run)

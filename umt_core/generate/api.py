@@ -4,7 +4,7 @@ Translating a clip = mu-law codes -> shared encoder -> latent z -> sample a new 
 one audio sample at a time, from the target domain's WaveNet decoder. The decoder
 is run incrementally: each layer keeps a ring buffer of its past inputs, the latent
 conditioning is projected once per latent frame, and D target decoders x B clips run
-together in one step (see `umt_core.generate_steps` and `umt_core.generate_cpu`).
+together in one step (see `umt_core.generate.steps` and `umt_core.generate.cpu`).
 Long inputs are processed in chunks with the state carried across, so memory does
 not grow with the clip length beyond the output itself.
 
@@ -21,8 +21,6 @@ takes the inverse CDF of softmax(logits / temperature); temperature 0 is greedy.
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -30,12 +28,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from .audio import load_audio, mu_law_decode, mu_law_encode, resample, save_audio
-from .checkpoint import load_model
-from .generate_cpu import CppStep, cpp_kernel
-from .generate_steps import Chunk, EagerStep, Layout, State, TorchStep
-from .model import UMTN, Encoder, WaveNetDecoder
+from ..audio import load_audio, mu_law_decode, mu_law_encode, resample, save_audio
+from ..checkpoint import load_model
+from ..device import resolve_device
+from ..model import UMTN, Encoder, WaveNetDecoder
+from .cpu import CppStep, cpp_kernel
+from .steps import Chunk, EagerStep, Layout, State, TorchStep
 
 METHODS = ("auto", "cpp", "torch", "cuda-graph", "eager")
 DEFAULT_CHUNK = 16000  # samples per chunk: 1 s of audio at 16 kHz
@@ -185,8 +185,6 @@ class IncrementalDecoder:
 def _progress(total: int, enabled: bool):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, unit="sample", unit_scale=True, desc="generating", leave=False)
 
 
@@ -366,14 +364,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cli_translate)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _cli_translate(args: argparse.Namespace) -> int:
-    model = load_model(args.checkpoint, map_location=_device(args.device))
+    model = load_model(args.checkpoint, map_location=resolve_device(args.device))
     targets = [int(t) if t.isdigit() and t not in model.domains else t for t in args.to]
     _, names = _target_names(model, targets)  # unknown domains fail before any work
     inputs = [Path(p) for p in args.input]
@@ -408,102 +400,7 @@ def _cli_translate(args: argparse.Namespace) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------- benchmark
-
-
-# (label, method, precision) of each column of the benchmark table
-_CPU_COLUMNS = [("cpp fp32", "cpp", "float32"), ("cpp bf16", "cpp", "bfloat16"),
-                ("torch", "torch", "float32"), ("eager", "eager", "float32")]
-_CUDA_COLUMNS = [("cuda-graph", "cuda-graph", "float32"), ("torch", "torch", "float32"),
-                 ("eager", "eager", "float32")]
-
-
-def _time_run(dec: WaveNetDecoder, z: torch.Tensor, steps: int, method: str, precision: str,
-              seed: int) -> float:
-    inc = IncrementalDecoder(dec, z, steps, method=method, precision=precision, chunk=steps)
-    g = torch.Generator().manual_seed(seed)
-    if z.is_cuda:
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    inc.run(steps, temperature=1.0, generator=g)
-    if z.is_cuda:
-        torch.cuda.synchronize()
-    return z.shape[0] * steps / (time.perf_counter() - t0)
-
-
-def benchmark(dec: WaveNetDecoder, batch: int, columns: Sequence[tuple[str, str, str]], *,
-              steps: dict[str, int], repeats: int = 3) -> dict[str, float]:
-    """Median audio samples/s (all streams together) of each (label, method, precision)
-    at one batch size; the state is allocated outside the timed part."""
-    dev = _device_of(dec)
-    latent = dec.layers[0].condition.in_channels
-    rates = {}
-    for label, method, precision in columns:
-        n = steps[label]
-        z = torch.randn(batch, latent, max(1, n // 800), device=dev,
-                        generator=torch.Generator(dev).manual_seed(0))
-        _time_run(dec, z, min(n, 32), method, precision, 0)  # warm-up: build, graph capture
-        rates[label] = statistics.median(
-            _time_run(dec, z, n, method, precision, r) for r in range(repeats))
-    return rates
-
-
-def run_benchmark(args: argparse.Namespace) -> int:
-    """`python -m umt_core bench generate`: the fast paths and the plain eager loop,
-    measured in the same run, per batch size."""
-    from .config import preset
-
-    device = _device(getattr(args, "device", "auto"))
-    cfg = preset(args.preset)
-    torch.manual_seed(0)
-    dec = WaveNetDecoder(cfg.model).to(device).eval()
-    batches = list(dict.fromkeys(args.batch))
-    if device.type == "cuda":
-        batches = sorted(set(batches) | {1, 64})
-        columns = _CUDA_COLUMNS
-    else:
-        columns = _CPU_COLUMNS if cpp_kernel() is not None else _CPU_COLUMNS[2:]
-    m = cfg.model
-    print(f"decoder: preset {args.preset}, {m.decoder_blocks} blocks x {m.decoder_layers} layers, "
-          f"{m.residual_channels} residual / {m.skip_channels} skip channels")
-    if device.type == "cuda":
-        print(f"device: {torch.cuda.get_device_name(device)}")
-    else:
-        load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-        print(f"device: CPU, {torch.get_num_threads()} threads ({_cpu_name()}{load})")
-    print(f"torch {torch.__version__}; audio samples/s of all streams together, "
-          f"median of {args.repeats} runs")
-    print(f"{'batch':>5} " + " ".join(f"{c[0]:>11}" for c in columns) + f" {'speed-up':>9}")
-    for b in batches:
-        per = {}
-        for label, method, _ in columns:
-            if args.samples:
-                per[label] = args.samples
-            elif method == "eager" or (method == "torch" and device.type == "cpu"):
-                per[label] = int(min(max(2048 // b, 128), 256))
-            else:
-                per[label] = int(min(max(8192 // b, 256), 2048))
-        rates = benchmark(dec, b, columns, steps=per, repeats=args.repeats)
-        fast = rates[columns[0][0]]
-        print(f"{b:>5} " + " ".join(f"{rates[c[0]]:>11,.0f}" for c in columns)
-              + f" {fast / rates['eager']:>8.1f}x", flush=True)
-    print("speed-up: first column over eager")
-    return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown CPU"
-
-
 __all__ = [
     "IncrementalDecoder", "encode", "generate", "reconstruct", "resolve_method",
-    "run_benchmark", "teacher_forced_logits", "translate",
+    "teacher_forced_logits", "translate",
 ]

@@ -1,0 +1,42 @@
+"""Where the work runs: the device a name stands for, the CPU's name, and exact fp32
+products on CUDA."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> the first CUDA device when there is one, else the CPU; any other name
+    as torch reads it ('cpu', 'cuda:1')."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@contextlib.contextmanager
+def exact_fp32() -> Iterator[None]:
+    """Full fp32 products inside the block: cuDNN convolutions default to TF32 on CUDA
+    (matrix products do not); nothing changes on CPU."""
+    conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, mm
