@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from .paths import write_text_atomic
+
 
 @dataclass
 class ModelConfig:
@@ -113,17 +115,7 @@ class Config:
         return cls(model=model, train=train, **d)
 
     def save_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-    @classmethod
-    def load_yaml(cls, path: str | Path) -> Config:
-        try:
-            data = yaml.safe_load(Path(path).read_text())
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of config fields")
-        return cls.from_dict(data)
+        write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def _build(klass, values: dict[str, Any], section: str):

@@ -362,6 +362,33 @@ def _deterministic_cuda() -> None:
 
 
 # --------------------------------------------------------------------------- the trainer
+class StepStats:
+    """The sums one training step gathers, as named views into one float64 tensor, so
+    that processes add them up in one all-reduce per update."""
+
+    def __init__(self, n_domains: int, device: torch.device) -> None:
+        self.values = torch.zeros(4 + n_domains + 1, dtype=torch.float64, device=device)
+        v = self.values
+        self.classifier_ce = v[0]  # cross-entropy sum of the classifier update
+        self.classifier_correct = v[1]
+        self.classifier_count = v[2]
+        self.bad_input = v[3]  # > 0: some input held an invalid code
+        self.model_part = v[4:]  # what the model update adds (summed on its own)
+        self.recon = v[4:4 + n_domains]  # reconstruction cross-entropy sum per domain
+        self.adversarial_ce = v[4 + n_domains]  # the classifier's loss on the model update
+
+    def classifier_loss(self) -> float:
+        return float(self.classifier_ce / max(float(self.classifier_count), 1.0))
+
+    def classifier_acc(self) -> float:
+        return float(self.classifier_correct / max(float(self.classifier_count), 1.0))
+
+    def recon_per_domain(self, domains: list[int], names: list[str], tc) -> dict[str, float]:
+        """Mean reconstruction loss per sample of each trained domain, by name."""
+        per_domain = tc.batch_per_domain * tc.segment_samples
+        return {names[d]: float(self.recon[d]) / per_domain for d in domains}
+
+
 class Trainer:
     """State of one training run; `train` is the entry point."""
 
@@ -533,26 +560,38 @@ class Trainer:
                    indices: Sequence[Sequence[int]] | None = None) -> None:
         """One optimizer step on this rank's micro-batches [(domain, clean, augmented)];
         `indices` are their samples' global indices in the step's batch (they seed the
-        input corruption; default: 0..n-1 in each micro-batch)."""
+        input corruption; default: 0..n-1 in each micro-batch).
+
+        Three steps: the domain classifier's update, the encoder and decoders' update
+        against the updated classifier, and the guard that keeps or refuses the step."""
         t0 = time.perf_counter()
-        tc, m = self.tc, self.model
         domains = self.step_domains(self.step)
-        n_global = tc.batch_per_domain
-        seg = tc.segment_samples
-        lam = tc.confusion_weight
-        adv_lam = self.confusion_weight(self.step)
-        k = self.k
-        # stats: classifier CE sum, correct, count, bad input, recon sum per domain, adv CE sum
-        stats = torch.zeros(4 + k + 1, dtype=torch.float64, device=self.device)
         batches = [(d, c.to(self.device, non_blocking=True), a.to(self.device, non_blocking=True))
                    for d, c, a in batches]
+        stats = StepStats(self.k, self.device)
         if not all(self._codes_ok(c) and self._codes_ok(a) for _, c, a in batches):
-            stats[3] = 1.0  # a non-finite sample became an invalid code: skip the step
+            stats.bad_input.fill_(1.0)  # a non-finite sample became an invalid code: skip it
+        classifier_state = self._classifier_update(batches, stats)
+        if classifier_state is None:
+            return
+        confusion = self.confusion_weight(self.step)
+        used = self._model_update(batches, indices, domains, confusion, stats)
+        recon = stats.recon_per_domain(domains, self.domains, self.tc)
+        step_loss = sum(recon.values()) / len(recon)
+        grad_norm = _norm([p.grad for p in used if p.grad is not None])
+        if not self._guard(step_loss, stats, grad_norm, used, classifier_state):
+            return
+        self._record_step(domains, recon, step_loss, stats, grad_norm, confusion, t0)
 
-        # 1. domain classifier on the detached latent of the clean input
-        clf_params = list(m.domain_classifier.parameters())
+    def _classifier_update(self, batches: list[tuple[int, torch.Tensor, torch.Tensor]],
+                           stats: StepStats) -> tuple[dict, dict] | None:
+        """Step 1: the domain classifier on the detached latent of the clean input. Returns
+        its state from before the update (restored if the guard refuses the step), or None
+        when the step was skipped here (bad input, non-finite loss or gradients)."""
+        tc, m = self.tc, self.model
+        params = list(m.domain_classifier.parameters())
         self.opt_clf.zero_grad(set_to_none=True)
-        if stats[3] == 0:
+        if stats.bad_input == 0:
             for d, clean, _ in batches:
                 target = torch.full((clean.shape[0],), d, device=self.device)
                 with self._autocast():
@@ -560,25 +599,33 @@ class Trainer:
                         z = fw.fast_encode(m.encoder, clean)
                     logits = m.domain_classifier(z).float()
                 ce = F.cross_entropy(logits, target, reduction="sum")
-                (lam * ce / n_global).backward()
-                stats[0] += ce.detach()
-                stats[1] += (logits.argmax(1) == target).sum()
-                stats[2] += clean.shape[0]
-        self._reduce(clf_params, stats)
-        cls_loss = float(stats[0] / max(float(stats[2]), 1.0))
-        cls_acc = float(stats[1] / max(float(stats[2]), 1.0))
-        if stats[3] > 0 or not math.isfinite(cls_loss) or not self._grads_finite(clf_params):
+                (tc.confusion_weight * ce / tc.batch_per_domain).backward()
+                stats.classifier_ce += ce.detach()
+                stats.classifier_correct += (logits.argmax(1) == target).sum()
+                stats.classifier_count += clean.shape[0]
+        self._reduce(params, stats.values)
+        if (stats.bad_input > 0 or not math.isfinite(stats.classifier_loss())
+                or not self._grads_finite(params)):
             self._skip("nonfinite", math.nan)
-            return
-        clf_snapshot = ({k_: v.clone() for k_, v in m.domain_classifier.state_dict().items()},
-                        _clone_state(self.opt_clf.state_dict()))
-        torch.nn.utils.clip_grad_value_(clf_params, tc.grad_clip)
+            return None
+        before = ({name: v.clone() for name, v in m.domain_classifier.state_dict().items()},
+                  _clone_state(self.opt_clf.state_dict()))
+        torch.nn.utils.clip_grad_value_(params, tc.grad_clip)
         self.opt_clf.step()
+        return before
 
-        # 2. encoder + decoders: reconstruction and confusing the (updated) classifier
+    def _model_update(self, batches: list[tuple[int, torch.Tensor, torch.Tensor]],
+                      indices: Sequence[Sequence[int]] | None, domains: list[int],
+                      confusion: float, stats: StepStats) -> list[torch.nn.Parameter]:
+        """Step 2: gradients of the encoder and the step's decoders: reconstruction, and
+        confusing the (updated, here frozen) classifier. Returns the parameters it used;
+        the optimizer step itself waits for the guard."""
+        tc, m = self.tc, self.model
+        n_global, seg = tc.batch_per_domain, tc.segment_samples
         used = self.encoder_params + self._decoder_params(domains)
+        classifier_params = list(m.domain_classifier.parameters())
         self.opt_model.zero_grad(set_to_none=True)
-        for p in clf_params:
+        for p in classifier_params:
             p.requires_grad_(False)
         if indices is None:
             indices = [range(c.shape[0]) for _, c, _ in batches]
@@ -590,35 +637,46 @@ class Trainer:
                     z = fw.fast_encode(m.encoder, aug)
                     recon = fw.recon_loss_sum(m.decoder(d), clean, z, inputs=inputs)
                     adv = F.cross_entropy(m.domain_classifier(z).float(), target, reduction="sum")
-                loss = recon / (n_global * seg) - adv_lam * adv / n_global
+                loss = recon / (n_global * seg) - confusion * adv / n_global
                 loss.backward()
-                stats[4 + d] += recon.detach()
-                stats[4 + k] += adv.detach()
+                stats.recon[d] += recon.detach()
+                stats.adversarial_ce += adv.detach()
         finally:
-            for p in clf_params:
+            for p in classifier_params:
                 p.requires_grad_(True)
-        self._reduce(used, stats[4:])
-        recon = {self.domains[d]: float(stats[4 + d]) / (n_global * seg) for d in domains}
-        step_loss = sum(recon.values()) / len(recon)
-        grad_norm = _norm([p.grad for p in used if p.grad is not None])
+        self._reduce(used, stats.model_part)
+        return used
+
+    def _guard(self, step_loss: float, stats: StepStats, grad_norm: float,
+               used: list[torch.nn.Parameter], classifier_state: tuple[dict, dict]) -> bool:
+        """Step 3: refuse a step whose loss or gradients are not finite or whose loss
+        spikes (the classifier goes back to `classifier_state`); else take the model's
+        optimizer step, and refuse it after all if the weights broke. True: kept."""
+        tc, m = self.tc, self.model
         reason = None
-        if not (math.isfinite(step_loss) and math.isfinite(float(stats[4 + k]))
+        if not (math.isfinite(step_loss) and math.isfinite(float(stats.adversarial_ce))
                 and math.isfinite(grad_norm)):
             reason = "nonfinite"
         elif (len(self.window) >= MIN_SPIKE_HISTORY
               and step_loss > tc.spike_factor * statistics.median(self.window)):
             reason = "spike"
         if reason is not None:
-            m.domain_classifier.load_state_dict(clf_snapshot[0])
-            self.opt_clf.load_state_dict(clf_snapshot[1])
+            m.domain_classifier.load_state_dict(classifier_state[0])
+            self.opt_clf.load_state_dict(classifier_state[1])
             self._skip(reason, step_loss)
-            return
+            return False
         torch.nn.utils.clip_grad_value_(used, tc.grad_clip)
         self.opt_model.step()
         if not math.isfinite(_norm(list(m.parameters()))):
             # the weights broke despite finite gradients: nothing of this step is kept
             self._skip("nonfinite", step_loss, rollback="non-finite weights")
-            return
+            return False
+        return True
+
+    def _record_step(self, domains: list[int], recon: dict[str, float], step_loss: float,
+                     stats: StepStats, grad_norm: float, confusion: float, t0: float) -> None:
+        """A kept step: the spike window, the epoch's sums, the step counter, the event."""
+        tc = self.tc
         self.window.append(step_loss)
         self.bad_steps = 0
         for d in domains:
@@ -627,10 +685,13 @@ class Trainer:
         self.step += 1
         elapsed = time.perf_counter() - t0
         self.last_step_loss = step_loss
-        self.last_speed = len(domains) * n_global * seg / max(elapsed, 1e-9)
+        samples = len(domains) * tc.batch_per_domain * tc.segment_samples
+        self.last_speed = samples / max(elapsed, 1e-9)
         self.files.event("step", self.step, (self.step - 1) // tc.steps_per_epoch, recon=recon,
-                         classifier_loss=cls_loss, classifier_acc=cls_acc, grad_norm=grad_norm,
-                         lr=self.lr(), samples_per_s=self.last_speed, confusion_weight=adv_lam)
+                         classifier_loss=stats.classifier_loss(),
+                         classifier_acc=stats.classifier_acc(), grad_norm=grad_norm,
+                         lr=self.lr(), samples_per_s=self.last_speed,
+                         confusion_weight=confusion)
 
     def _reduce(self, params: list[torch.nn.Parameter], stats: torch.Tensor) -> None:
         """Sum gradients of `params` (None counts as zero) and `stats` across processes."""

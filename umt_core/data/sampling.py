@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
-from ..audio import load_audio, mu_law_encode
+from ..audio import mu_law_encode
 
 TRAIN_STREAM = 0
 VALIDATION_STREAM = 1
@@ -42,17 +42,6 @@ class DomainAudio:
     sources: list[str]
     cache_path: str | None = None
     offsets: list[int] | None = None
-
-    @classmethod
-    def from_files(cls, name: str, paths: Sequence[str | Path], sample_rate: int) -> DomainAudio:
-        clips, sources = [], []
-        for p in sorted(Path(p) for p in paths):
-            audio, _ = load_audio(p, sample_rate)
-            clips.append(audio)
-            sources.append(str(p))
-        if not clips:
-            raise ValueError(f"domain {name!r}: no audio files")
-        return cls(name, clips, sources)
 
     @classmethod
     def from_cache(cls, name: str, cache_path: str | Path, offsets: Sequence[int],
