@@ -212,3 +212,28 @@ class UMTN(nn.Module):
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def copy_shared_weights(source: UMTN, target: UMTN) -> list[str]:
+    """Give `target` the weights of `source` that carry over between two models of one
+    architecture: the encoder, the decoder of every domain both have (by name), the
+    domain classifier's hidden layers and its output rows of shared domains. This is
+    the one way a model gains domains (fine-tuning, `umt_core.reference.extend_domains`).
+    Returns `target`'s domains that keep their fresh weights."""
+    fresh = []
+    with torch.no_grad():
+        target.encoder.load_state_dict(source.encoder.state_dict())
+        for i, name in enumerate(target.domains):
+            if name in source.domains:
+                target.decoder(i).load_state_dict(source.decoder(name).state_dict())
+            else:
+                fresh.append(name)
+        theirs, ours = source.domain_classifier.convs, target.domain_classifier.convs
+        for their_layer, our_layer in zip(theirs[:-1], ours[:-1]):
+            our_layer.load_state_dict(their_layer.state_dict())
+        for i, name in enumerate(target.domains):
+            if name in source.domains:
+                j = source.domains.index(name)
+                ours[-1].weight[i] = theirs[-1].weight[j]
+                ours[-1].bias[i] = theirs[-1].bias[j]
+    return fresh

@@ -32,7 +32,7 @@ import torch
 
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import Config, ModelConfig, preset
-from .model import UMTN
+from .model import UMTN, copy_shared_weights
 
 # Decoder order of the released pretrained MusicNet model.
 MUSICNET_DOMAINS = [
@@ -522,19 +522,8 @@ def extend_domains(model: UMTN, new_domains: list[str], *, seed: int | None = No
         if seed is not None:
             torch.manual_seed(seed)
         grown = UMTN(cfg)
-    device = next(model.parameters()).device
-    grown.to(device)
-    with torch.no_grad():
-        grown.encoder.load_state_dict(model.encoder.state_dict())
-        for k, decoder in enumerate(model.decoders):
-            grown.decoders[k].load_state_dict(decoder.state_dict())
-        old_convs, new_convs = model.domain_classifier.convs, grown.domain_classifier.convs
-        for i, (old, new) in enumerate(zip(old_convs, new_convs)):
-            if i < len(old_convs) - 1:
-                new.load_state_dict(old.state_dict())
-        n = len(model.domains)
-        new_convs[-1].weight[:n] = old_convs[-1].weight
-        new_convs[-1].bias[:n] = old_convs[-1].bias
+    grown.to(next(model.parameters()).device)
+    copy_shared_weights(model, grown)
     return grown.train(model.training)
 
 

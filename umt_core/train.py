@@ -80,7 +80,7 @@ from . import forward as fw
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .config import Config, apply_overrides, parse_overrides, preset
 from .data.sampling import TRAIN_STREAM, VALIDATION_STREAM, DomainAudio, SegmentSampler, prefetch
-from .model import N_CLASSES, UMTN, UNIFORM_LOSS
+from .model import N_CLASSES, UMTN, UNIFORM_LOSS, copy_shared_weights
 from .paths import atomic_path, resolve, write_text_atomic
 
 # The spike test needs some history: the running median of fewer steps is noise.
@@ -434,29 +434,9 @@ class Trainer:
         self.local = _split(self.tc.batch_per_domain, ctx.world, ctx.rank)
 
     def init_weights(self, source: UMTN) -> list[str]:
-        """Start from another model's weights (fine-tuning): its encoder, the decoders of
-        domains it shares with this run (by name), the classifier's hidden layers and its
-        output rows of shared domains. Returns the domains that start from scratch."""
-        m = self.model
-        m.encoder.load_state_dict(source.encoder.state_dict())
-        new = []
-        for i, name in enumerate(self.domains):
-            if name in source.domains:
-                m.decoder(i).load_state_dict(source.decoder(name).state_dict())
-            else:
-                new.append(name)
-        own = m.domain_classifier.state_dict()
-        theirs = source.domain_classifier.state_dict()
-        out_layer = max(own, key=lambda k: int(k.split(".")[1])).rsplit(".", 1)[0]
-        with torch.no_grad():
-            for key, value in theirs.items():
-                if not key.startswith(out_layer + "."):
-                    own[key].copy_(value)
-                    continue
-                for i, name in enumerate(self.domains):
-                    if name in source.domains:
-                        own[key][i].copy_(value[source.domains.index(name)])
-        return new
+        """Start from another model's weights (fine-tuning): see `copy_shared_weights`.
+        Returns the domains that start from scratch."""
+        return copy_shared_weights(source, self.model)
 
     # -- bookkeeping
     def _empty_sums(self) -> dict[str, list[float]]:
