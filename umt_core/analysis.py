@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .metrics import parse_lines, read_lines
 from .model import UNIFORM_LOSS
 
 TABLE_COLUMNS = {
@@ -148,19 +149,6 @@ def _tuple_after(text: str, label: str) -> tuple[list[float] | None, bool]:
     return values, False
 
 
-def _read_text(path: Path) -> tuple[list[str], bool]:
-    """Lines of a file (bytes that are not UTF-8 replaced) and whether the last one is cut
-    (no final newline)."""
-    text = path.read_bytes().decode("utf-8", errors="replace")
-    if not text:
-        return [], False
-    lines = text.split("\n")
-    complete = text.endswith("\n")
-    if complete:
-        lines.pop()
-    return [ln.rstrip("\r") for ln in lines], not complete
-
-
 def _default_domains(n: int) -> list[str]:
     return [f"domain_{k}" for k in range(n)]
 
@@ -214,7 +202,7 @@ class _Source:
 def read_reference_log(path: str | Path, domain_names: Sequence[str] | None = None) -> _Source:
     """Parse one reference `main_<rank>.log` (see the module docstring for the rules)."""
     path = Path(path)
-    lines, cut = _read_text(path)
+    lines, cut = read_lines(path)
     m = re.fullmatch(r"main_(\d+)\.log", path.name)
     rank: int | None = int(m.group(1)) if m else None
     src = _Source(str(path), "reference", rank if rank is not None else 0)
@@ -360,82 +348,17 @@ def read_reference_log(path: str | Path, domain_names: Sequence[str] | None = No
 def read_metrics_jsonl(path: str | Path) -> _Source:
     """Parse this project's metrics.jsonl (events as in the shared contract)."""
     path = Path(path)
-    lines, cut = _read_text(path)
+    lines, cut = read_lines(path)
     src = _Source(str(path), "metrics", 0)
-    counts, run, seen = src.counts, None, False
-    for number, line in enumerate(lines, 1):
-        counts["lines"] += 1
-        if not line.strip():
-            counts["blank_lines"] += 1
-            continue
-        try:
-            ev = json.loads(line)
-        except json.JSONDecodeError:
-            counts["truncated_lines" if cut and number == len(lines) else "malformed_lines"] += 1
-            continue
-        if not isinstance(ev, dict) or not isinstance(ev.get("event"), str):
-            counts["malformed_lines"] += 1
+    run, seen = None, False
+    for number, ev in parse_lines(lines, cut):
+        src.counts["lines"] += 1
+        if isinstance(ev, str):  # not an event: counted by what is wrong with it
+            src.counts[ev] += 1
             continue
         seen = True
-        kind = ev["event"]
-        counts[f"{kind}_events"] += 1
-        t = _num(ev.get("time"))
-        epoch, step = _int_or_none(ev.get("epoch")), _num(ev.get("step"))
-        if kind == "start":
-            config = ev.get("config") or {}
-            domains = list(config.get("domains") or []) if isinstance(config, dict) else []
-            run = src.new_run("start", domains=domains, start_time=t)
-            continue
-        if kind == "resume":
-            if run is not None and run.n_rows == 0 and run.boundary == "start":
-                run.resumed = True  # `start` then `resume`: one boundary
-            else:
-                run = src.new_run("resume", resumed=True, start_time=t)
-            continue
-        if kind == "divergence":
-            src.events.append({"run": len(src.runs) - 1, "event": "rollback", "epoch": epoch,
-                               "step": step, "reason": ev.get("reason"),
-                               "rolled_back_to_step": ev.get("rolled_back_to_step"),
-                               "lr": ev.get("lr")})
-            if run is not None:
-                run.may_go_back = True
-            continue
-        if kind not in ("step", "epoch", "skip"):
-            continue  # evaluation and future events: counted, not curves
-        if run is None:
-            run = src.new_run("file_start", start_time=t)
-        if epoch is not None and run.last_epoch is not None and epoch < run.last_epoch:
-            if run.may_go_back:
-                run.may_go_back = False
-            else:
-                run = src.new_run("epoch_reset")
-        if epoch is not None:
-            run.last_epoch = epoch
-        elapsed = t - run.start_time
-        where = {"time": t, "elapsed": elapsed, "line": number}
-        if kind == "step":
-            for name, value in (ev.get("recon") or {}).items():
-                src.add(run, "step", epoch, step, "train", name, "recon", _num(value), **where)
-                _remember_domain(run, name)
-            for metric in ("classifier_loss", "classifier_acc", "grad_norm", "lr",
-                           "samples_per_s"):
-                if metric in ev:
-                    src.add(run, "step", epoch, step, "train", None, metric, _num(ev[metric]),
-                            **where)
-        elif kind == "epoch":
-            for key, split in (("train_recon", "train"), ("val_recon", "val")):
-                for name, value in (ev.get(key) or {}).items():
-                    src.add(run, "epoch", epoch, step, split, name, "recon", _num(value), **where)
-                    _remember_domain(run, name)
-            if "val_classifier_acc" in ev:
-                src.add(run, "epoch", epoch, step, "val", None, "classifier_acc",
-                        _num(ev["val_classifier_acc"]), **where)
-            if "lr" in ev:
-                src.add(run, "epoch", epoch, step, "train", None, "lr", _num(ev["lr"]), **where)
-        else:  # skip: the trainer refused a step (non-finite or spiking loss)
-            run.skipped_steps += 1
-            src.add(run, "step", epoch, step, "train", None, "skipped_loss", _num(ev.get("loss")),
-                    **where)
+        src.counts[f"{ev['event']}_events"] += 1
+        run = _read_event(src, run, ev, number)
     if not seen and any(line.strip() for line in lines):
         raise LogFormatError(f"{path}: not a metrics.jsonl: no line is a JSON object with an "
                              "'event' key")
@@ -449,6 +372,78 @@ def read_metrics_jsonl(path: str | Path) -> _Source:
         "skip_event": "a step the trainer skipped: its loss as metric skipped_loss",
     }
     return src
+
+
+def _read_event(src: _Source, run: _Run | None, ev: dict[str, Any], number: int) -> _Run | None:
+    """Add one event to `src`; returns the run that later events belong to."""
+    kind, t = ev["event"], _num(ev.get("time"))
+    epoch, step = _int_or_none(ev.get("epoch")), _num(ev.get("step"))
+    if kind == "start":
+        config = ev.get("config") or {}
+        domains = list(config.get("domains") or []) if isinstance(config, dict) else []
+        return src.new_run("start", domains=domains, start_time=t)
+    if kind == "resume":
+        if run is not None and run.n_rows == 0 and run.boundary == "start":
+            run.resumed = True  # `start` then `resume`: one boundary
+            return run
+        return src.new_run("resume", resumed=True, start_time=t)
+    if kind == "divergence":
+        src.events.append({"run": len(src.runs) - 1, "event": "rollback", "epoch": epoch,
+                           "step": step, "reason": ev.get("reason"),
+                           "rolled_back_to_step": ev.get("rolled_back_to_step"),
+                           "lr": ev.get("lr")})
+        if run is not None:
+            run.may_go_back = True
+        return run
+    if kind not in ("step", "epoch", "skip"):
+        return run  # evaluation and future events: counted, not curves
+    run = _run_of_curve_event(src, run, epoch, t)
+    where = {"time": t, "elapsed": t - run.start_time, "line": number}
+    if kind == "step":
+        _read_step(src, run, ev, epoch, step, where)
+    elif kind == "epoch":
+        _read_epoch(src, run, ev, epoch, step, where)
+    else:  # skip: the trainer refused a step (non-finite or spiking loss)
+        run.skipped_steps += 1
+        src.add(run, "step", epoch, step, "train", None, "skipped_loss", _num(ev.get("loss")),
+                **where)
+    return run
+
+
+def _run_of_curve_event(src: _Source, run: _Run | None, epoch: int | None, t: float) -> _Run:
+    """The run a step, epoch or skip event belongs to: a new one at the file's start or
+    where the epoch goes back without a rollback to explain it."""
+    if run is None:
+        run = src.new_run("file_start", start_time=t)
+    if epoch is not None and run.last_epoch is not None and epoch < run.last_epoch:
+        if run.may_go_back:
+            run.may_go_back = False
+        else:
+            run = src.new_run("epoch_reset")
+    if epoch is not None:
+        run.last_epoch = epoch
+    return run
+
+
+def _read_step(src: _Source, run: _Run, ev: dict[str, Any], epoch, step, where) -> None:
+    for name, value in (ev.get("recon") or {}).items():
+        src.add(run, "step", epoch, step, "train", name, "recon", _num(value), **where)
+        _remember_domain(run, name)
+    for metric in ("classifier_loss", "classifier_acc", "grad_norm", "lr", "samples_per_s"):
+        if metric in ev:
+            src.add(run, "step", epoch, step, "train", None, metric, _num(ev[metric]), **where)
+
+
+def _read_epoch(src: _Source, run: _Run, ev: dict[str, Any], epoch, step, where) -> None:
+    for key, split in (("train_recon", "train"), ("val_recon", "val")):
+        for name, value in (ev.get(key) or {}).items():
+            src.add(run, "epoch", epoch, step, split, name, "recon", _num(value), **where)
+            _remember_domain(run, name)
+    if "val_classifier_acc" in ev:
+        src.add(run, "epoch", epoch, step, "val", None, "classifier_acc",
+                _num(ev["val_classifier_acc"]), **where)
+    if "lr" in ev:
+        src.add(run, "epoch", epoch, step, "train", None, "lr", _num(ev["lr"]), **where)
 
 
 def _remember_domain(run: _Run, name: str) -> None:

@@ -80,6 +80,7 @@ from . import forward as fw
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .config import Config, apply_overrides, parse_overrides, preset
 from .data.sampling import TRAIN_STREAM, VALIDATION_STREAM, DomainAudio, SegmentSampler, prefetch
+from .metrics import read_metrics
 from .model import N_CLASSES, UMTN, UNIFORM_LOSS, copy_shared_weights
 from .paths import atomic_path, resolve, write_text_atomic
 
@@ -135,22 +136,6 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_json_safe(v) for v in obj]
     return obj
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The events of a metrics.jsonl (a torn last line, from a killed writer, is ignored)."""
-    events = []
-    path = Path(path)
-    if not path.exists():
-        return events
-    for line in path.read_text().splitlines():
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            events.append(obj)
-    return events
 
 
 def corrupt_codes(codes: torch.Tensor, share: float, seed: int, step: int, domain: int,
