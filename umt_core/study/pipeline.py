@@ -66,7 +66,7 @@ CONFIG_FIELDS = {"domains", "mu_law"}
 # Every preset's notebook parameters, in one place. Besides these, each notebook gets the
 # common ones (see `common_parameters`). A notebook receives only the parameters its
 # `parameters` cell declares, so a key a notebook does not have is simply not sent to it.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+NOTEBOOK_PARAMETERS: dict[str, dict[str, dict[str, Any]]] = {
     # A couple of minutes for the whole chain: the pipeline test.
     "smoke": {
         "01_data_prep": {"minutes_per_domain": 0.1, "test_works": 2, "example_seconds": 1.0},
@@ -184,8 +184,8 @@ def plan_study(
     each kept only where the notebook declares it. Dotted keys (`train.lr=1e-4`) are
     config overrides: they go into the `overrides` dict of the notebooks that declare
     one. An override no notebook takes is an error (a typo must not pass silently)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    if preset not in NOTEBOOK_PARAMETERS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(NOTEBOOK_PARAMETERS)}")
     overrides = dict(overrides or {})
     config = {k: v for k, v in overrides.items() if "." in k or k in CONFIG_FIELDS}
     plain = {k: v for k, v in overrides.items() if k not in config}
@@ -195,7 +195,7 @@ def plan_study(
         if not path.is_file():
             raise FileNotFoundError(f"notebook {path} not found")
         declared = declared_parameters(path)
-        wanted = {**common_parameters(preset, run, manifest), **PRESETS[preset].get(stem, {}),
+        wanted = {**common_parameters(preset, run, manifest), **NOTEBOOK_PARAMETERS[preset].get(stem, {}),
                   **plain}
         params = {k: v for k, v in wanted.items() if k in declared}
         if config and CONFIG_OVERRIDES in declared:
@@ -550,7 +550,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
         description="Execute the study's notebooks in order with a preset's parameters and "
         "write executed notebooks, HTML, metrics.json and index.html to results/<run>/.",
     )
-    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    p.add_argument("--preset", default="cpu", choices=sorted(NOTEBOOK_PARAMETERS))
     p.add_argument("--run", default=None, help="run name (default: the preset's name)")
     p.add_argument("--manifest", default=None,
                    help=f"dataset manifest (default {PRESET_MANIFESTS['cpu']} for the cpu "
