@@ -203,109 +203,135 @@ def read_reference_log(path: str | Path, domain_names: Sequence[str] | None = No
     """Parse one reference `main_<rank>.log` (see the module docstring for the rules)."""
     path = Path(path)
     lines, cut = read_lines(path)
-    m = re.fullmatch(r"main_(\d+)\.log", path.name)
-    rank: int | None = int(m.group(1)) if m else None
-    src = _Source(str(path), "reference", rank if rank is not None else 0)
-    counts, run, seen_prefix = src.counts, None, False
-    given = list(domain_names or [])
+    reader = _ReferenceLogReader(path, domain_names)
+    for number, line in enumerate(lines, 1):
+        reader.read_line(number, line, last_cut=cut and number == len(lines))
+    return reader.finish(lines)
 
-    def names(n: int, ns_domains: list[str]) -> list[str]:
-        for candidate in (ns_domains, given):
+
+class _ReferenceLogReader:
+    """The state of reading one reference log, line by line: the rank it follows, the
+    current run and the domain names the last Namespace line gave."""
+
+    def __init__(self, path: Path, domain_names: Sequence[str] | None):
+        self.path = path
+        m = re.fullmatch(r"main_(\d+)\.log", path.name)
+        self.rank: int | None = int(m.group(1)) if m else None
+        self.src = _Source(str(path), "reference", self.rank if self.rank is not None else 0)
+        self.counts = self.src.counts
+        self.run: _Run | None = None
+        self.seen_prefix = False
+        self.given = list(domain_names or [])
+        self.ns_domains: list[str] = []
+
+    def names(self, n: int, ns_domains: list[str]) -> list[str]:
+        """Names for `n` domains: the Namespace line's, else the caller's, else defaults."""
+        for candidate in (ns_domains, self.given):
             if len(candidate) == n:
                 return list(candidate)
-        if given:
-            src.warnings.append(f"{path}: {len(given)} domain names given for {n} domains; "
-                                f"using domain_0..domain_{n - 1}")
+        if self.given:
+            self.src.warnings.append(f"{self.path}: {len(self.given)} domain names given for "
+                                     f"{n} domains; using domain_0..domain_{n - 1}")
         return _default_domains(n)
 
-    ns_domains: list[str] = []
-    for number, line in enumerate(lines, 1):
-        counts["lines"] += 1
-        last_cut = cut and number == len(lines)
+    def read_line(self, number: int, line: str, last_cut: bool) -> None:
+        self.counts["lines"] += 1
         pm = _PREFIX.match(line)
         if not pm:
-            if not line.strip():
-                counts["blank_lines"] += 1
-            elif last_cut:
-                counts["truncated_lines"] += 1
-            elif seen_prefix:  # the rest of a multi-line message (e.g. a numpy array dump)
-                counts["continuation_lines"] += 1
-            else:
-                counts["unrecognized_lines"] += 1
-            continue
-        seen_prefix = True
+            self._count_unprefixed(line, last_cut)
+            return
+        self.seen_prefix = True
         if pm["level"] == "DEBUG":
-            counts["debug_lines"] += 1
+            self.counts["debug_lines"] += 1
         msg = pm["msg"]
         t, elapsed = _parse_stamp(pm["stamp"]), parse_elapsed(pm["elapsed"])
-
         if msg.startswith("Namespace("):
-            ns = parse_namespace(msg)
-            if rank is None:
-                rank = src.rank = ns.get("rank", 0)
-            elif ns.get("rank", rank) != rank:
-                counts["other_rank_lines"] += 1
-                continue
-            counts["namespace_lines"] += 1
-            counts["truncated_lines"] += last_cut
-            ns_domains = ns.get("domains", [])
-            if not ns_domains and ns.get("n_datasets"):
-                ns_domains = names(ns["n_datasets"], [])
-            run = src.new_run("namespace", domains=list(ns_domains),
-                              epoch_len=ns.get("epoch_len"),
-                              resume_requested=bool(ns.get("checkpoint")),
-                              start_time=t - elapsed)
-            continue
-
+            self._namespace(msg, t - elapsed, last_cut)
+            return
         em = _EPOCH_HEAD.match(msg)
+        if self._other_rank(msg, em):
+            self.counts["other_rank_lines"] += 1
+            return
+        if em is None:
+            self._count_message(msg, last_cut)
+            return
+        self._epoch_line(msg, int(em["epoch"]), t, elapsed, number, last_cut)
+
+    def _count_unprefixed(self, line: str, last_cut: bool) -> None:
+        if not line.strip():
+            self.counts["blank_lines"] += 1
+        elif last_cut:
+            self.counts["truncated_lines"] += 1
+        elif self.seen_prefix:  # the rest of a multi-line message (e.g. a numpy array dump)
+            self.counts["continuation_lines"] += 1
+        else:
+            self.counts["unrecognized_lines"] += 1
+
+    def _namespace(self, msg: str, start_time: float, last_cut: bool) -> None:
+        """A Namespace(...) line: the start of a run, with its arguments."""
+        ns = parse_namespace(msg)
+        if self.rank is None:
+            self.rank = self.src.rank = ns.get("rank", 0)
+        elif ns.get("rank", self.rank) != self.rank:
+            self.counts["other_rank_lines"] += 1
+            return
+        self.counts["namespace_lines"] += 1
+        self.counts["truncated_lines"] += last_cut
+        self.ns_domains = ns.get("domains", [])
+        if not self.ns_domains and ns.get("n_datasets"):
+            self.ns_domains = self.names(ns["n_datasets"], [])
+        self.run = self.src.new_run("namespace", domains=list(self.ns_domains),
+                                    epoch_len=ns.get("epoch_len"),
+                                    resume_requested=bool(ns.get("checkpoint")),
+                                    start_time=start_time)
+
+    def _other_rank(self, msg: str, em: re.Match | None) -> bool:
+        """Whether the line names another rank than the one this log follows (the first
+        rank named is followed)."""
         line_rank = int(em["rank"]) if em and em["rank"] else None
         if em is None and msg.startswith("Starting epoch"):
             rm = _RANK_IN_MSG.search(msg)
             line_rank = int(rm.group(1)) if rm else None
-        if line_rank is not None:
-            if rank is None:
-                rank = src.rank = line_rank
-            elif line_rank != rank:
-                counts["other_rank_lines"] += 1
-                continue
-        if em is None:
-            if last_cut:
-                counts["truncated_lines"] += 1
-            elif msg.startswith("Saved model to"):
-                counts["checkpoint_lines"] += 1
-                if run is not None and "bestmodel" in msg:
-                    run.best_checkpoint_epoch = run.last_epoch
-            elif msg.startswith(("Starting epoch", "Ended epoch")):
-                counts["epoch_marker_lines"] += 1
-            else:
-                counts["ignored_messages"] += 1
-            continue
+        if line_rank is None:
+            return False
+        if self.rank is None:
+            self.rank = self.src.rank = line_rank
+        return line_rank != self.rank
 
-        epoch = int(em["epoch"])
+    def _count_message(self, msg: str, last_cut: bool) -> None:
+        """A message that is not an epoch's losses: counted by kind."""
+        if last_cut:
+            self.counts["truncated_lines"] += 1
+        elif msg.startswith("Saved model to"):
+            self.counts["checkpoint_lines"] += 1
+            if self.run is not None and "bestmodel" in msg:
+                self.run.best_checkpoint_epoch = self.run.last_epoch
+        elif msg.startswith(("Starting epoch", "Ended epoch")):
+            self.counts["epoch_marker_lines"] += 1
+        else:
+            self.counts["ignored_messages"] += 1
+
+    def _epoch_line(self, msg: str, epoch: int, t: float, elapsed: float, number: int,
+                    last_cut: bool) -> None:
+        """An epoch's train and test loss tuples."""
+        counts = self.counts
         try:
             train, train_cut = _tuple_after(msg, "Train loss")
             test, test_cut = _tuple_after(msg, "Test loss")
         except ValueError:
             counts["malformed_lines"] += 1
-            continue
+            return
         if train_cut or test_cut or (last_cut and test is None):
             counts["truncated_lines"] += 1
         if train is not None and test is not None and len(train) != len(test):
             counts["malformed_lines"] += 1
-            continue
+            return
         n = len(train if train is not None else test or []) - 1
         if n < 1:  # nothing usable (a cut line is already counted)
             counts["malformed_lines"] += not (train_cut or test_cut)
-            continue
+            return
         counts["epoch_lines"] += 1
-        if run is None:
-            run = src.new_run("file_start", start_time=t - elapsed)
-        elif run.last_epoch is not None and epoch < run.last_epoch:
-            run = src.new_run("epoch_reset")  # the counter went back without a Namespace line
-        if run.last_epoch is None and run.resume_requested and epoch > 0:
-            run.resumed = True  # asked to load a checkpoint, and the counter continued
-        if not run.domains or len(run.domains) != n:
-            run.domains = names(n, ns_domains)
+        run = self._run_of_epoch(epoch, t - elapsed, n)
         step = (epoch + 1) * run.epoch_len if run.epoch_len else math.nan
         where = {"time": t, "elapsed": elapsed, "line": number}
         for split, values in (("train", train), ("test", test)):
@@ -315,34 +341,53 @@ def read_reference_log(path: str | Path, domain_names: Sequence[str] | None = No
                 if value == 0.0:  # an empty meter prints 0.0000: no batches, not a loss
                     counts["empty_meter_values"] += 1
                     continue
-                src.add(run, "epoch", epoch, step, split, name, "recon", value, **where)
+                self.src.add(run, "epoch", epoch, step, split, name, "recon", value, **where)
         if train is not None and train[-1] != 0.0:
             counts["nonzero_unused_column"] += 1
         if test is not None:
-            src.add(run, "epoch", epoch, step, "test", None, "classifier_acc", test[-1], **where)
+            self.src.add(run, "epoch", epoch, step, "test", None, "classifier_acc", test[-1],
+                         **where)
         run.last_epoch = epoch
 
-    if not seen_prefix:
-        if not lines:
-            src.warnings.append(f"{path}: empty file")
-        else:
-            raise LogFormatError(
-                f"{path}: not a training log: no line looks like a reference main_<rank>.log "
-                "line ('LEVEL - date time - elapsed - message') and the file does not start "
-                "with a JSON object (this project's metrics.jsonl)")
-    if counts["nonzero_unused_column"]:
-        src.warnings.append(f"{path}: the train tuple's last column, unused by the reference, "
-                            f"is not 0 on {counts['nonzero_unused_column']} lines")
-    doms = next((r.domains for r in src.runs if r.domains), [])
-    src.columns = {
-        "train_tuple": [f"{d}: reconstruction loss on training batches" for d in doms]
-        + ["unused meter the reference never fills (always 0.0000): dropped"],
-        "test_tuple": [f"{d}: reconstruction loss on test batches" for d in doms]
-        + ["domain classifier accuracy on test batches (metric classifier_acc, not a domain; "
-           + f"chance = 1/{len(doms) or 'n'})"],
-        "zero_values": "a per-domain 0.0000 is an empty meter (no batches that epoch): dropped",
-    }
-    return src
+    def _run_of_epoch(self, epoch: int, start_time: float, n_domains: int) -> _Run:
+        """The run an epoch line belongs to: a new one at the file's start or where the
+        counter goes back without a Namespace line."""
+        run = self.run
+        if run is None:
+            run = self.src.new_run("file_start", start_time=start_time)
+        elif run.last_epoch is not None and epoch < run.last_epoch:
+            run = self.src.new_run("epoch_reset")
+        if run.last_epoch is None and run.resume_requested and epoch > 0:
+            run.resumed = True  # asked to load a checkpoint, and the counter continued
+        if not run.domains or len(run.domains) != n_domains:
+            run.domains = self.names(n_domains, self.ns_domains)
+        self.run = run
+        return run
+
+    def finish(self, lines: list[str]) -> _Source:
+        src, path, counts = self.src, self.path, self.counts
+        if not self.seen_prefix:
+            if not lines:
+                src.warnings.append(f"{path}: empty file")
+            else:
+                raise LogFormatError(
+                    f"{path}: not a training log: no line looks like a reference "
+                    "main_<rank>.log line ('LEVEL - date time - elapsed - message') and the "
+                    "file does not start with a JSON object (this project's metrics.jsonl)")
+        if counts["nonzero_unused_column"]:
+            src.warnings.append(f"{path}: the train tuple's last column, unused by the "
+                                f"reference, is not 0 on {counts['nonzero_unused_column']} lines")
+        doms = next((r.domains for r in src.runs if r.domains), [])
+        src.columns = {
+            "train_tuple": [f"{d}: reconstruction loss on training batches" for d in doms]
+            + ["unused meter the reference never fills (always 0.0000): dropped"],
+            "test_tuple": [f"{d}: reconstruction loss on test batches" for d in doms]
+            + ["domain classifier accuracy on test batches (metric classifier_acc, not a "
+               + f"domain; chance = 1/{len(doms) or 'n'})"],
+            "zero_values": "a per-domain 0.0000 is an empty meter (no batches that epoch): "
+                           "dropped",
+        }
+        return src
 
 
 def read_metrics_jsonl(path: str | Path) -> _Source:

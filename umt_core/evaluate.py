@@ -723,6 +723,44 @@ def evaluate(
     model_domains = list(model.domains) if model is not None else list(data.domains)
     sources = list(sources or data.domains)
     targets = list(targets or [d for d in model_domains if d in data.domains])
+    _check_domains(data, model_domains, sources, targets)
+    test = data.split("test")
+    _check_test_audio(test, sources, targets)
+    mu_law = model.config.mu_law if model is not None else "torchaudio"
+    if classifier is None:
+        classifier = dataset_classifier(data, seconds=seconds, mu_law=mu_law, seed=seed,
+                                        files=classifier_files)
+    if translator is None and model is not None:
+        translator = model_translator(model, temperature=temperature, seed=seed,
+                                      progress=progress)
+    judged = _Judged(classifier, sr, criteria, system)
+    clip_set = _TestClips(data, test, round(seconds * sr))
+    for src in sources:
+        chosen = clip_set.pick(src, targets, clips)
+        src_audio, starts = clip_set.cut_from_music(chosen)
+        stems = [p.stem for p in chosen]
+        outputs: dict[str, list[np.ndarray]] = {}
+        if translator is not None:
+            wanted = [t for t in targets if t != src] + ([src] if src in model_domains else [])
+            outputs = translator(src_audio, src, stems, wanted)
+        for i, (stem, start, source) in enumerate(zip(stems, starts, src_audio)):
+            _judge_clip(judged, clip_set, outputs, i, src, stem, start, source, targets, controls)
+    probe, use = None, None
+    if model is not None:
+        probe, use = _latent_signals(model, data, sources, probe_seconds, probe_segments,
+                                     gap_segments, gap_seconds, seed)
+    settings = {
+        "system": system, "sources": sources, "targets": targets, "clips": clips,
+        "seconds": seconds, "temperature": temperature, "seed": seed,
+        "sample_rate": sr, "criteria": asdict(criteria), "classifier_domains": classifier.domains,
+    }
+    return Evaluation(judged.table(), dict(classifier.report), settings, probe, use,
+                      judged.audio)
+
+
+def _check_domains(data: EvalData, model_domains: list[str], sources: list[str],
+                   targets: list[str]) -> None:
+    """Every source a domain of the data, every target a domain of both, some target."""
     for d in sources:
         if d not in data.domains:
             raise ValueError(f"source domain {d!r} is not in the data's domains {data.domains}")
@@ -733,7 +771,11 @@ def evaluate(
     if not targets:
         raise ValueError(f"the model's domains {model_domains} share none with the data's "
                          f"{data.domains}: nothing to translate to")
-    test = data.split("test")
+
+
+def _check_test_audio(test: dict[str, list[Path]], sources: list[str],
+                      targets: list[str]) -> None:
+    """A test clip for every domain, and two for every target (one is a control)."""
     for d in set(sources) | set(targets):
         if len(test[d]) < 1:
             raise ValueError(f"domain {d!r} has no test audio; prepare the dataset first")
@@ -741,96 +783,102 @@ def evaluate(
         if len(test[d]) < 2:
             raise ValueError(f"domain {d!r} needs at least 2 test clips (one is the "
                              "unrelated-clip control)")
-    length = round(seconds * sr)
-    mu_law = model.config.mu_law if model is not None else "torchaudio"
 
-    if classifier is None:
-        classifier = dataset_classifier(data, seconds=seconds, mu_law=mu_law, seed=seed,
-                                        files=classifier_files)
-    if translator is None and model is not None:
-        translator = model_translator(model, temperature=temperature, seed=seed,
-                                      progress=progress)
 
-    cache: dict[Path, np.ndarray] = {}
+class _TestClips:
+    """The test split's clips, read once each, cut to `length` samples."""
 
-    def audio_of(path: Path) -> np.ndarray:
-        if path not in cache:
-            cache[path] = data.load(path)
-        return cache[path]
+    def __init__(self, data: EvalData, test: dict[str, list[Path]], length: int):
+        self.data, self.test, self.length = data, test, length
+        self.sample_rate = data.sample_rate
+        self._cache: dict[Path, np.ndarray] = {}
 
-    def stem_file(domain: str, stem: str) -> Path | None:
-        return next((p for p in test[domain] if p.stem == stem), None)
+    def audio(self, path: Path) -> np.ndarray:
+        if path not in self._cache:
+            self._cache[path] = self.data.load(path)
+        return self._cache[path]
 
-    rows: list[dict[str, Any]] = []
-    audio_store: dict[tuple[str, str, str, str], np.ndarray] = {}
+    def file(self, domain: str, stem: str) -> Path | None:
+        return next((p for p in self.test[domain] if p.stem == stem), None)
 
-    def add(condition, src, stem, tgt, source, candidate, paired, ctrl, translation=True):
-        proba_vec = classifier.predict_proba([candidate])[0]
-        proba = dict(zip(classifier.domains, map(float, proba_vec)))
-        predicted = classifier.domains[int(proba_vec.argmax())]
-        row = judge(source, candidate, sr, predicted=predicted, source_domain=src,
-                    target_domain=tgt, paired=paired, control=ctrl, proba=proba,
-                    criteria=criteria, translation=translation)
-        rows.append({"system": system, "condition": condition, "source": src, "target": tgt,
-                     "clip": stem, "paired": paired is not None, **row})
-        audio_store[(condition, src, stem, tgt)] = candidate
-
-    for src in sources:
-        files = test[src]
-        # Prefer works rendered in every target domain (paired ground truth).
-        paired_files = [p for p in files if all(stem_file(t, p.stem) for t in targets)]
+    def pick(self, src: str, targets: list[str], clips: int) -> list[Path]:
+        """Up to `clips` files of `src` spread over its sorted list, preferring works
+        rendered in every target domain (paired ground truth)."""
+        files = self.test[src]
+        paired_files = [p for p in files if all(self.file(t, p.stem) for t in targets)]
         pool = paired_files or files
         picks = sorted({int(i) for i in np.linspace(0, len(pool) - 1, min(clips, len(pool)))})
-        chosen = [pool[i] for i in picks]
-        src_audio, starts = [], []
-        for p in chosen:
-            a = audio_of(p)
-            starts.append(_start_of_music(a, sr))
-            src_audio.append(_cut(a, starts[-1], length))
-        stems = [p.stem for p in chosen]
-        outputs: dict[str, list[np.ndarray]] = {}
-        if translator is not None:
-            wanted = [t for t in targets if t != src] + ([src] if src in model_domains else [])
-            outputs = translator(src_audio, src, stems, wanted)
-        for i, (stem, start, source) in enumerate(zip(stems, starts, src_audio)):
-            if src in outputs:
-                rec = _cut(_as_audio(outputs[src][i]), 0, length)
-                add("reconstruction", src, stem, src, source, rec, None, None, translation=False)
-            for tgt in targets:
-                if tgt == src:
-                    continue
-                gt_file = stem_file(tgt, stem)
-                paired = _cut(audio_of(gt_file), start, length) if gt_file else None
-                others = [p for p in test[tgt] if p.stem != stem]
-                k = (i + 1) % len(others)
-                others = (others[k:] + others[:k])[:max(controls, 1)]
-                unrelated = [_cut(audio_of(p), _start_of_music(audio_of(p), sr), length)
-                             for p in others]
-                ctrl = control_agreement(source, unrelated, sr)
-                if tgt in outputs:
-                    out = _cut(_as_audio(outputs[tgt][i]), 0, length)
-                    add("translation", src, stem, tgt, source, out, paired, ctrl)
-                add("identity", src, stem, tgt, source, source, paired, ctrl)
-                if paired is not None:
-                    add("ground_truth", src, stem, tgt, source, paired, paired, ctrl)
-                add("unrelated", src, stem, tgt, source, unrelated[0], paired, ctrl)
+        return [pool[i] for i in picks]
 
-    clips_df = pd.DataFrame(rows)
-    order = {c: i for i, c in enumerate(CONDITIONS)}
-    clips_df = clips_df.sort_values(["source", "target", "clip", "condition"],
-                                    key=lambda s: s.map(order) if s.name == "condition" else s,
-                                    kind="stable").reset_index(drop=True)
+    def cut_from_music(self, files: list[Path]) -> tuple[list[np.ndarray], list[int]]:
+        """Each file cut where its music starts; the cuts and their starts."""
+        cuts, starts = [], []
+        for p in files:
+            a = self.audio(p)
+            starts.append(_start_of_music(a, self.sample_rate))
+            cuts.append(_cut(a, starts[-1], self.length))
+        return cuts, starts
 
-    probe, use = None, None
-    if model is not None:
-        probe, use = _latent_signals(model, data, sources, probe_seconds, probe_segments,
-                                     gap_segments, gap_seconds, seed)
-    settings = {
-        "system": system, "sources": sources, "targets": targets, "clips": clips,
-        "seconds": seconds, "temperature": temperature, "seed": seed,
-        "sample_rate": sr, "criteria": asdict(criteria), "classifier_domains": classifier.domains,
-    }
-    return Evaluation(clips_df, dict(classifier.report), settings, probe, use, audio_store)
+
+class _Judged:
+    """The per-clip rows of an evaluation and the audio each one judged."""
+
+    def __init__(self, classifier: InstrumentClassifier, sample_rate: int, criteria: Criteria,
+                 system: str):
+        self.classifier, self.sample_rate = classifier, sample_rate
+        self.criteria, self.system = criteria, system
+        self.rows: list[dict[str, Any]] = []
+        self.audio: dict[tuple[str, str, str, str], np.ndarray] = {}
+
+    def add(self, condition: str, src: str, stem: str, tgt: str, source: np.ndarray,
+            candidate: np.ndarray, paired: np.ndarray | None, ctrl: float | None,
+            translation: bool = True) -> None:
+        proba_vec = self.classifier.predict_proba([candidate])[0]
+        proba = dict(zip(self.classifier.domains, map(float, proba_vec)))
+        predicted = self.classifier.domains[int(proba_vec.argmax())]
+        row = judge(source, candidate, self.sample_rate, predicted=predicted,
+                    source_domain=src, target_domain=tgt, paired=paired, control=ctrl,
+                    proba=proba, criteria=self.criteria, translation=translation)
+        self.rows.append({"system": self.system, "condition": condition, "source": src,
+                          "target": tgt, "clip": stem, "paired": paired is not None, **row})
+        self.audio[(condition, src, stem, tgt)] = candidate
+
+    def table(self) -> pd.DataFrame:
+        """The rows by source, target, clip and condition (in `CONDITIONS` order)."""
+        order = {c: i for i, c in enumerate(CONDITIONS)}
+        return pd.DataFrame(self.rows).sort_values(
+            ["source", "target", "clip", "condition"],
+            key=lambda s: s.map(order) if s.name == "condition" else s,
+            kind="stable").reset_index(drop=True)
+
+
+def _judge_clip(judged: _Judged, clip_set: _TestClips, outputs: dict[str, list[np.ndarray]],
+                i: int, src: str, stem: str, start: int, source: np.ndarray,
+                targets: list[str], controls: int) -> None:
+    """The reconstruction of one source clip and, for each other target, its translation
+    beside the reference conditions (identity, ground truth, an unrelated clip)."""
+    length, sr = clip_set.length, clip_set.sample_rate
+    if src in outputs:
+        rec = _cut(_as_audio(outputs[src][i]), 0, length)
+        judged.add("reconstruction", src, stem, src, source, rec, None, None, translation=False)
+    for tgt in targets:
+        if tgt == src:
+            continue
+        gt_file = clip_set.file(tgt, stem)
+        paired = _cut(clip_set.audio(gt_file), start, length) if gt_file else None
+        others = [p for p in clip_set.test[tgt] if p.stem != stem]
+        k = (i + 1) % len(others)
+        others = (others[k:] + others[:k])[:max(controls, 1)]
+        unrelated = [_cut(clip_set.audio(p), _start_of_music(clip_set.audio(p), sr), length)
+                     for p in others]
+        ctrl = control_agreement(source, unrelated, sr)
+        if tgt in outputs:
+            out = _cut(_as_audio(outputs[tgt][i]), 0, length)
+            judged.add("translation", src, stem, tgt, source, out, paired, ctrl)
+        judged.add("identity", src, stem, tgt, source, source, paired, ctrl)
+        if paired is not None:
+            judged.add("ground_truth", src, stem, tgt, source, paired, paired, ctrl)
+        judged.add("unrelated", src, stem, tgt, source, unrelated[0], paired, ctrl)
 
 
 def _latent_signals(model, data: EvalData, domains: Sequence[str], probe_seconds: float,
