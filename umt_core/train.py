@@ -378,13 +378,13 @@ class Trainer:
     """State of one training run; `train` is the entry point."""
 
     def __init__(self, cfg: Config, run_dir: Path, train_data: Sequence[DomainAudio],
-                 val_data: Sequence[DomainAudio], augment, ctx: ProcessGroup, files: RunFiles):
+                 val_data: Sequence[DomainAudio], augment, group: ProcessGroup, files: RunFiles):
         self.cfg = cfg
         self.tc = cfg.train
         self.run_dir = run_dir
-        self.ctx = ctx
+        self.group = group
         self.files = files
-        self.device = ctx.device
+        self.device = group.device
         self.domains = list(cfg.domains)
         self.k = len(self.domains)
         if self.device.type == "cuda" and self.tc.deterministic:
@@ -416,7 +416,7 @@ class Trainer:
         self.train_seconds = 0.0  # wall time spent training, across resumes (max_minutes)
         self.last_step_loss = math.nan
         self.last_speed = 0.0
-        self.local = _split(self.tc.batch_per_domain, ctx.world, ctx.rank)
+        self.local = _split(self.tc.batch_per_domain, group.world, group.rank)
 
     def init_weights(self, source: UMTN) -> list[str]:
         """Start from another model's weights (fine-tuning): see `copy_shared_weights`.
@@ -486,7 +486,7 @@ class Trainer:
             "epoch_sums": {k: list(v) for k, v in self.epoch_sums.items()},
             "best_val": self.best_val,
             "train_seconds": self.train_seconds,
-            "world_size": self.ctx.world,
+            "world_size": self.group.world,
         }
 
     def load_state(self, state: dict[str, Any], training_state: bool = True) -> None:
@@ -508,7 +508,7 @@ class Trainer:
     def save(self, best: bool = False) -> None:
         """last.pt (and best.pt / step_<n>.pt as hard links of the same file), rank 0."""
         self.saved_step = self.step
-        if not self.ctx.main:
+        if not self.group.main:
             return
         save_checkpoint(self.state(), self.files.last)
         if best:
@@ -660,13 +660,13 @@ class Trainer:
 
     def _reduce(self, params: list[torch.nn.Parameter], stats: torch.Tensor) -> None:
         """Sum gradients of `params` (None counts as zero) and `stats` across processes."""
-        if not self.ctx.enabled:
+        if not self.group.enabled:
             return
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        self.ctx.all_reduce([p.grad for p in params])
-        self.ctx.all_reduce([stats])
+        self.group.all_reduce([p.grad for p in params])
+        self.group.all_reduce([stats])
 
     @staticmethod
     def _grads_finite(params: list[torch.nn.Parameter]) -> bool:
@@ -692,7 +692,7 @@ class Trainer:
     def rollback(self, reason: str) -> None:
         """Back to best.pt (last.pt before the first validation) with lower learning rates."""
         source = self.files.best if self.files.best.exists() else self.files.last
-        self.ctx.barrier()
+        self.group.barrier()
         state = load_checkpoint(source, map_location=self.device)
         lrs = [[g["lr"] for g in o.param_groups] for o in (self.opt_model, self.opt_clf)]
         self.load_state(state, training_state=False)
@@ -729,7 +729,7 @@ class Trainer:
                     stats[k + d] += clean.numel()
                     stats[2 * k] += (logits.argmax(1) == d).sum()
                     stats[2 * k + 1] += clean.shape[0]
-        self.ctx.all_reduce([stats])
+        self.group.all_reduce([stats])
         m.train()
         val = {self.domains[d]: float(stats[d] / stats[k + d]) for d in range(k)}
         return val, float(stats[2 * k] / stats[2 * k + 1])
@@ -865,17 +865,17 @@ def train(cfg: Config, run_dir: str | Path, *, manifest=None,
                          "model's rate")
     _check_config(cfg)
     run_dir = resolve(run_dir)
-    ctx = ProcessGroup()
-    files = RunFiles(run_dir, ctx.main, progress, on_event)
+    group = ProcessGroup()
+    files = RunFiles(run_dir, group.main, progress, on_event)
     try:
-        return _run(cfg, run_dir, train_data, val_data, augment, ctx, files,
+        return _run(cfg, run_dir, train_data, val_data, augment, group, files,
                     steps, fresh, progress, source, init_from)
     finally:
         files.close()
-        ctx.close()
+        group.close()
 
 
-def _run(cfg: Config, run_dir: Path, train_data, val_data, augment, ctx: ProcessGroup,
+def _run(cfg: Config, run_dir: Path, train_data, val_data, augment, group: ProcessGroup,
          files: RunFiles, steps: int | None, fresh: bool, progress: bool,
          source: UMTN | None = None, init_from: str | Path | None = None) -> dict[str, Any]:
     resume = files.last.exists() and not fresh
@@ -890,15 +890,15 @@ def _run(cfg: Config, run_dir: Path, train_data, val_data, augment, ctx: Process
             raise ValueError(f"{run_dir} holds a run with another config ({listed}). "
                              "Resume it with its own config, start over with --fresh, "
                              "or use another run directory")
-    ctx.barrier()
-    if ctx.main:
+    group.barrier()
+    if group.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if fresh or not resume:
             _wipe_run(run_dir)
         cfg.save_yaml(run_dir / "config.yaml")
-    ctx.barrier()
+    group.barrier()
 
-    trainer = Trainer(cfg, run_dir, train_data, val_data, augment, ctx, files)
+    trainer = Trainer(cfg, run_dir, train_data, val_data, augment, group, files)
     tc = cfg.train
     target = int(steps) if steps is not None else tc.epochs * tc.steps_per_epoch
     if resume:
@@ -907,25 +907,25 @@ def _run(cfg: Config, run_dir: Path, train_data, val_data, augment, ctx: Process
         files.truncate_metrics(trainer.step)
     elif source is not None:
         new_domains = trainer.init_weights(source)
-    ctx.broadcast_module(trainer.model)
+    group.broadcast_module(trainer.model)
     files.open()
     files.event("start", trainer.step, trainer.epoch, config=cfg.to_dict(), fresh=not resume,
-                world_size=ctx.world)
+                world_size=group.world)
     if resume:
         files.event("resume", trainer.step, trainer.epoch, **{"from": str(files.last)})
         files.log.info(f"Resumed from {files.last} at step {trainer.step} "
                        f"(epoch {trainer.epoch})")
     else:
         files.log.info(f"Training {cfg.preset} on {cfg.domains} in {run_dir} "
-                       f"(world size {ctx.world}, device {ctx.device})")
+                       f"(world size {group.world}, device {group.device})")
         if source is not None:
             files.event("init", 0, 0, **{"from": str(init_from)}, new_domains=new_domains,
                         freeze_encoder=cfg.train.freeze_encoder)
         trainer.save()  # step 0: something to roll back to before the first validation
-    _loop(trainer, target, progress and ctx.main)
+    _loop(trainer, target, progress and group.main)
     if trainer.saved_step != trainer.step:
         trainer.save()
-    ctx.barrier()
+    group.barrier()
     return {
         "run_dir": str(run_dir),
         "steps": trainer.step,
@@ -965,7 +965,7 @@ def _loop(trainer: Trainer, target: int, progress: bool) -> None:
                     trainer.end_epoch()
                 elif tc.checkpoint_every and trainer.step % tc.checkpoint_every == 0:
                     trainer.save()
-                trainer.train_seconds += _agreed(trainer.ctx, time.perf_counter() - t0,
+                trainer.train_seconds += _agreed(trainer.group, time.perf_counter() - t0,
                                                  bool(tc.max_minutes))
                 if trainer.budget_spent():
                     trainer.files.event("budget", trainer.step, trainer.epoch,
@@ -981,12 +981,12 @@ def _loop(trainer: Trainer, target: int, progress: bool) -> None:
 
 
 # --------------------------------------------------------------------------- launching
-def _agreed(ctx: ProcessGroup, seconds: float, needed: bool) -> float:
+def _agreed(group: ProcessGroup, seconds: float, needed: bool) -> float:
     """The slowest process's time, so that a time budget stops every process at the same
     step (`needed`: a budget is set; otherwise each keeps its own time, no collective)."""
-    if not (ctx.enabled and needed):
+    if not (group.enabled and needed):
         return seconds
-    t = torch.tensor([seconds], dtype=torch.float64, device=ctx.device)
+    t = torch.tensor([seconds], dtype=torch.float64, device=group.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t)
 

@@ -240,8 +240,8 @@ def _run_jobs(m: Manifest, jobs: list[Job], workers: int, progress: bool):
                 yield job, _produce_safe(job, str(m.data_dir), m.sample_rate)
                 bar.update(1)
         elif other:
-            ctx = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            fork = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(workers, mp_context=fork) as pool:
                 futures = {pool.submit(_produce_safe, j, str(m.data_dir), m.sample_rate): j
                            for j in other}
                 for fut in as_completed(futures):
