@@ -6,16 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from test_content import SR, chorale, synth
 
 from umt_core import calibration as cb
 from umt_core.audio import save_audio
 from umt_core.evaluate import EvalData
-from tests.test_content import SR, chorale, synth
 
 # Two instruments with energy up to Nyquist, as real ones have: a bright, fast-decaying
 # "source" and a dull, sustained "target".
-BRIGHT = dict(harmonics=tuple(1 / h for h in range(1, 25)), decay=4.0)
-DULL = dict(harmonics=tuple(1 / h ** 2.5 for h in range(1, 25)), decay=0.3)
+BRIGHT = {"harmonics": tuple(1 / h for h in range(1, 25)), "decay": 4.0}
+DULL = {"harmonics": tuple(1 / h ** 2.5 for h in range(1, 25)), "decay": 0.3}
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +99,22 @@ def test_rates_carry_wilson_intervals(signals):
 def test_thresholds_that_cannot_separate_say_so(signals):
     broken = signals.copy()
     broken.loc[broken.row == "source", "target_prob"] = 1.0  # a classifier fooled by the copy
-    th, report = cb.choose_thresholds(broken)
+    _th, report = cb.choose_thresholds(broken)
     assert report["target_prob"]["separates"] is False
     with pytest.raises(ValueError, match="gt_snr5"):
         cb.choose_thresholds(signals[signals.row != "gt_snr5"])
+
+
+def test_a_tolerance_keeps_one_odd_clip_from_setting_the_threshold(signals):
+    odd = signals.copy()
+    first_unrelated = odd.index[odd.row == "unrelated"][0]
+    odd.loc[first_unrelated, "notes_kept_score"] = 0.97  # another work that shares the chords
+    strict, report = cb.choose_thresholds(odd)
+    assert strict.notes_kept > 0.97 and report["notes_kept"]["separates"]
+    tolerant, _ = cb.choose_thresholds(odd, tolerance=0.25)  # 1 of 4 unrelated clips
+    assert tolerant.notes_kept < 0.8
+    with pytest.raises(ValueError, match="tolerance"):
+        cb.choose_thresholds(odd, tolerance=0.5)
 
 
 def test_calibration_signals_spread_segments_over_paired_works(tmp_path, classifier):

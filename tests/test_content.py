@@ -3,6 +3,7 @@ are known (harmonic tones synthesised from note lists)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -56,8 +57,8 @@ def test_notes_kept_separates_right_notes_wrong_notes_and_noise():
     other_timbre = synth(right, harmonics=(1.0, 0.1), decay=0.5)  # same notes, another sound
     wrong_audio = synth(wrong1)
     noise = np.random.default_rng(0).normal(0, 0.2, len(truth)).astype(np.float32)
-    kw = dict(start=0.0, events=right, wrong_events=[wrong1, wrong2], ground_truth=truth,
-              unrelated=[synth(wrong2)])
+    kw = {"start": 0.0, "events": right, "wrong_events": [wrong1, wrong2],
+          "ground_truth": truth, "unrelated": [synth(wrong2)]}
     gt = ct.content_signals(truth, SR, **kw)
     assert gt["notes_kept_score"] == pytest.approx(1.0) and gt["notes_kept_truth"] == pytest.approx(1.0)
     assert gt["score_truth"] > 0.6 and gt["score_wrong_notes"] < 0.4
@@ -84,7 +85,7 @@ def test_segments_spread_over_the_whole_work():
     assert len(starts) == 4
     assert starts[0] == pytest.approx(3 * SR, abs=2)
     assert starts[-1] + 2 * SR == pytest.approx(27 * SR, abs=2)
-    assert all(b - a >= 2 * SR for a, b in zip(starts, starts[1:]))  # no overlap
+    assert all(b - a >= 2 * SR for a, b in itertools.pairwise(starts))  # no overlap
     short = ct.segment_starts(audio[:int(4.5 * SR)], SR, 2.0, 4)  # room for one
     assert len(short) == 1 and short[0] == pytest.approx(3 * SR, abs=2)
     with pytest.raises(ValueError, match="count"):

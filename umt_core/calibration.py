@@ -40,8 +40,14 @@ import pandas as pd
 
 from . import content
 from .evaluate import (
-    MEL_FFT, InstrumentClassifier, _active, _power_spectrogram, degrade, logmel_distance,
-    spectral_flatness, train_instrument_classifier,
+    MEL_FFT,
+    InstrumentClassifier,
+    _active,
+    _power_spectrogram,
+    degrade,
+    logmel_distance,
+    spectral_flatness,
+    train_instrument_classifier,
 )
 from .statistics import rate
 
@@ -259,21 +265,31 @@ def pass_table(rates: pd.DataFrame) -> pd.DataFrame:
     return t.loc[crit, order]
 
 
-def _between(passing: np.ndarray, failing: np.ndarray, higher_passes: bool) -> tuple[float, bool]:
+def _between(passing: np.ndarray, failing: np.ndarray, higher_passes: bool,
+             tolerance: float = 0.0) -> tuple[float, bool]:
     """A threshold midway between the worst value that must pass and the best that must
-    fail, and whether the two sets separate."""
+    fail (ignoring the `tolerance` share of the most extreme clips on each side), and
+    whether the two sets separate."""
     passing, failing = passing[np.isfinite(passing)], failing[np.isfinite(failing)]
     if not passing.size or not failing.size:
         raise ValueError("choose_thresholds: a criterion has no rows that must pass or fail")
-    lo, hi = (failing.max(), passing.min()) if higher_passes else (passing.max(), failing.min())
+    q = float(tolerance)
+    if higher_passes:
+        lo, hi = np.quantile(failing, 1 - q), np.quantile(passing, q)
+    else:
+        lo, hi = np.quantile(passing, 1 - q), np.quantile(failing, q)
     return float((lo + hi) / 2), bool(lo < hi)
 
 
-def choose_thresholds(signals: pd.DataFrame) -> tuple[Thresholds, dict[str, Any]]:
+def choose_thresholds(signals: pd.DataFrame, tolerance: float = 0.0) -> tuple[Thresholds, dict[str, Any]]:
     """Thresholds from calibration rows: each one midway between the rows that must pass
     (MUST_PASS) and those that must fail (MUST_FAIL), with a report saying, per
-    criterion, the two bounds and whether they separate. Choose on validation clips and
-    report on others."""
+    criterion, the threshold and whether the rows separate. `tolerance` (0 to 0.5) lets
+    that share of the most extreme clips on each side lie beyond the threshold (e.g. an
+    unrelated work that happens to share a chord progression). Choose on validation
+    clips and report on others."""
+    if not 0.0 <= tolerance < 0.5:
+        raise ValueError(f"choose_thresholds: tolerance must be in [0, 0.5), got {tolerance}")
     by = {r: g for r, g in signals.groupby("row")}
     need = {r for rows in (*MUST_PASS.values(), *MUST_FAIL.values()) for r in rows}
     missing = sorted(need - set(by))
@@ -289,17 +305,17 @@ def choose_thresholds(signals: pd.DataFrame) -> tuple[Thresholds, dict[str, Any]
 
     report: dict[str, Any] = {}
     t_target, ok_t = _between(values("target_prob", MUST_PASS["target"]),
-                              values("target_prob", MUST_FAIL["target"]), True)
+                              values("target_prob", MUST_FAIL["target"]), True, tolerance)
     t_clean, ok_c = _between(values("noise_flatness", MUST_PASS["clean"]),
-                             values("noise_flatness", MUST_FAIL["clean"]), False)
+                             values("noise_flatness", MUST_FAIL["clean"]), False, tolerance)
     t_notes, ok_n = _between(values("notes", MUST_PASS["notes"]),
-                             values("notes", MUST_FAIL["notes"]), True)
+                             values("notes", MUST_FAIL["notes"]), True, tolerance)
     th = Thresholds(target_prob=t_target, clean_flatness=t_clean, notes_kept=t_notes)
     for name, value, ok in (("target_prob", t_target, ok_t), ("clean_flatness", t_clean, ok_c),
                             ("notes_kept", t_notes, ok_n)):
         crit = {"target_prob": "target", "clean_flatness": "clean", "notes_kept": "notes"}[name]
-        report[name] = {"value": value, "separates": ok, "must_pass": list(MUST_PASS[crit]),
-                        "must_fail": list(MUST_FAIL[crit])}
+        report[name] = {"value": value, "separates": ok, "tolerance": tolerance,
+                        "must_pass": list(MUST_PASS[crit]), "must_fail": list(MUST_FAIL[crit])}
     return th, report
 
 
@@ -337,7 +353,7 @@ def calibration_signals(data, source: str, target: str, classifier: InstrumentCl
         raise ValueError(f"domain {target!r} has no training audio for its average spectrum")
     spectrum = average_spectrum([data.load(p) for p in _spread(train, spectrum_files)])
     rng = np.random.default_rng([seed, 1616])
-    length = int(round(seconds * sr))
+    length = round(seconds * sr)
     audio = {p: data.load(p) for pair in pairs for p in pair}
     works = [p.stem for p, _ in pairs]
     events = ({w: notes.events(w, target) for w in works} if notes is not None else {})

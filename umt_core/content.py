@@ -233,7 +233,7 @@ def segment_starts(audio: np.ndarray, sample_rate: int, seconds: float, count: i
     without overlap; at least one."""
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
-    length = int(round(seconds * sample_rate))
+    length = round(seconds * sample_rate)
     first, last = music_span(audio, sample_rate)
     room = max(0, min(last, len(audio)) - length - first)
     n = max(1, min(count, room // max(length, 1) + 1))

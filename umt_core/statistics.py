@@ -48,7 +48,7 @@ def bootstrap_mean(values: Sequence[float], groups: Sequence[str], *, n_boot: in
     keep = np.isfinite(v)
     v, g = v[keep], g[keep]
     out = {"mean": float(v.mean()) if v.size else float("nan"), "n": int(v.size),
-           "groups": int(len(set(g.tolist()))), "ci_low": float("nan"), "ci_high": float("nan")}
+           "groups": len(set(g.tolist())), "ci_low": float("nan"), "ci_high": float("nan")}
     if out["groups"] < 2:
         return out
     names, idx = np.unique(g, return_inverse=True)
@@ -75,7 +75,7 @@ def bootstrap_crossed(values: Sequence[float], rows: Sequence[str], cols: Sequen
     keep = np.isfinite(v)
     v, r, c = v[keep], r[keep], c[keep]
     out = {"mean": float(v.mean()) if v.size else float("nan"), "n": int(v.size),
-           "rows": int(len(set(r.tolist()))), "cols": int(len(set(c.tolist()))),
+           "rows": len(set(r.tolist())), "cols": len(set(c.tolist())),
            "ci_low": float("nan"), "ci_high": float("nan")}
     if v.size < 2:
         return out
