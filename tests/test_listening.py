@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,8 +29,12 @@ def make_stimuli(folder, systems=SYSTEMS, n_trials=None):
         for i, s in enumerate(systems) for j, tgt in enumerate(TARGETS)
         for k, clip in enumerate(["work01", "work02"])
     ]
-    return ls.build_stimuli(stimuli, folder, SR, instruments=["piano", "cello", "flute"],
-                            n_trials=n_trials, seed=1)
+    return ls.build_stimuli(stimuli, folder, SR, key_dir=Path(folder).parent / "keys",
+                            instruments=["piano", "cello", "flute"], n_trials=n_trials, seed=1)
+
+
+def keys(folder):
+    return Path(folder).parent / "keys"
 
 
 def widget_text(widget) -> str:
@@ -53,7 +58,7 @@ def widget_text(widget) -> str:
 def test_stimuli_are_blinded(tmp_path):
     folder = make_stimuli(tmp_path / "stim")
     public = (folder / "trials.json").read_text()
-    key = ls.load_key(folder)
+    key = ls.load_key(folder, keys(folder))
     assert {v["system"] for v in key.values()} == set(SYSTEMS)
     for name in SYSTEMS:
         assert name not in public
@@ -91,7 +96,7 @@ def test_order_is_per_participant_and_reproducible(tmp_path):
 
 
 def test_answers_are_on_disk_at_once_and_survive_a_restart(tmp_path):
-    folder = make_stimuli(tmp_path / "stim", n_trials=5)
+    folder = make_stimuli(tmp_path / "stim", n_trials=6)  # whole groups of 3 comparisons
     answers = tmp_path / "answers.csv"
     test = ls.ListeningTest(folder, answers, "p7")
     first, second = test.trials[0]["trial"], test.trials[1]["trial"]
@@ -102,7 +107,7 @@ def test_answers_are_on_disk_at_once_and_survive_a_restart(tmp_path):
     again = ls.ListeningTest(folder, answers, "p7")
     assert again.position == 2
     assert again.current["trial"] == again.trials[2]["trial"]
-    assert "Trial 3 of 5" in again.header.value
+    assert "Trial 3 of 6" in again.header.value
     df = ls.load_answers(answers)
     assert df.trial.tolist() == [first, second]
     assert (df.participant == "p7").all() and df.time.notna().all()
@@ -112,7 +117,7 @@ def test_answers_are_on_disk_at_once_and_survive_a_restart(tmp_path):
 
 
 def test_the_submit_button_records_the_widgets_answers(tmp_path):
-    folder = make_stimuli(tmp_path / "stim", n_trials=2)
+    folder = make_stimuli(tmp_path / "stim", n_trials=2)  # one group: 3 comparisons
     answers = tmp_path / "answers.csv"
     test = ls.ListeningTest(folder, answers, "p1")
     test.instrument.value = "cello"
@@ -124,10 +129,11 @@ def test_the_submit_button_records_the_widgets_answers(tmp_path):
     row = ls.load_answers(answers).iloc[0]
     assert (row.instrument, row.mos, row.preferred) == ("cello", 5, test.trials[0]["clip_b"])
     assert test.position == 1 and test.instrument.value is None  # the next trial is fresh
-    test.instrument.value, test.mos.value, test.preference.value = "flute", 1, "A"
-    test.button.click()
+    for _ in range(2):
+        test.instrument.value, test.mos.value, test.preference.value = "flute", 1, "A"
+        test.button.click()
     assert test.finished and "Thank you" in test.header.value
-    assert len(ls.load_answers(answers)) == 2
+    assert len(ls.load_answers(answers)) == 3
 
 
 def _hand_made_study(tmp_path):
@@ -138,10 +144,12 @@ def _hand_made_study(tmp_path):
            "y1": {"system": "Y", "source": "piano", "target": "cello", "clip": "c1"}}
     trials = [{"trial": f"t{i}", "clip_a": "x1" if i < 4 else "y1",
                "clip_b": "y1" if i < 4 else "x1"} for i in range(6)]
-    (folder / "key.json").write_text(json.dumps({"seed": 0, "stimuli": key}))
-    (folder / "trials.json").write_text(json.dumps(
-        {"instruments": ["piano", "cello", "flute", "harpsichord"], "sample_rate": SR,
-         "trials": trials}))
+    public = {"instruments": ["piano", "cello", "flute", "harpsichord"], "sample_rate": SR,
+              "trials": trials}
+    public["stimuli_sha256"] = digest = ls._stimuli_hash(folder, public)
+    (folder / "trials.json").write_text(json.dumps(public))
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / f"{digest}.json").write_text(json.dumps({"seed": 0, "stimuli": key}))
     # X is clip A in t0-t3 (3 of 4 identified, ratings 4 5 3 4), Y in t4-t5 (0 of 2,
     # ratings 2 2). X is preferred in 5 of the 6 comparisons.
     rows = [("t0", "cello", 4, "x1"), ("t1", "cello", 5, "x1"), ("t2", "piano", 3, "y1"),
@@ -149,7 +157,8 @@ def _hand_made_study(tmp_path):
     answers = tmp_path / "answers.csv"
     for trial, inst, mos, pref in rows:
         t = next(x for x in trials if x["trial"] == trial)
-        ls.append_answer(answers, {"participant": "p1", "trial": trial, "position": 0,
+        ls.append_answer(answers, {"participant": "p1", "stimuli": digest, "trial": trial,
+                                   "position": 0,
                                    "clip_a": t["clip_a"], "clip_b": t["clip_b"],
                                    "instrument": inst, "mos": mos, "preferred": pref,
                                    "time": "2024-01-01T00:00:00+00:00"})
@@ -165,7 +174,7 @@ def wilson(k, n, z=1.959963984540054):
 
 def test_statistics_match_hand_computed_values(tmp_path):
     folder, answers = _hand_made_study(tmp_path)
-    res = ls.analyse(answers, folder)
+    res = ls.analyse(answers, folder, keys(folder))
     ident = res.identification.set_index("system")
     assert ident.loc["X", "n"] == 4 and ident.loc["X", "correct"] == 3
     assert ident.loc["X", "accuracy"] == 0.75 and ident.loc["Y", "accuracy"] == 0.0
@@ -203,14 +212,16 @@ def test_a_repeated_answer_counts_once(tmp_path):
 
 def test_demo_answers_are_labelled_and_analysable(tmp_path):
     folder = make_stimuli(tmp_path / "stim")
-    path = ls.demo_answers(folder, tmp_path / "demo_answers.csv", participants=3,
+    path = ls.demo_answers(folder, tmp_path / "demo_answers.csv", keys(folder), participants=3,
                            quality={"model_alpha": 0.3})
     df = ls.load_answers(path)
     assert len(df) == 3 * 12 and df.participant.str.startswith("DEMO").all()
-    res = ls.analyse(path, folder)
+    res = ls.analyse(path, folder, keys(folder))
     assert res.demo
     assert set(res.identification.system) == set(SYSTEMS)
-    assert res.key_figures()["listening_demo"] is True
+    figures = res.key_figures()
+    assert figures["listening_demo"] is True
+    assert all(k.startswith("demo_") for k in figures if k != "listening_demo")
     ident = res.identification.set_index("system")
     assert ident.loc["ground_truth", "accuracy"] > ident.loc["model_alpha", "accuracy"]
 
@@ -220,3 +231,46 @@ def test_a_foreign_csv_is_refused(tmp_path):
     pd.DataFrame({"a": [1]}).to_csv(bad, index=False)
     with pytest.raises(ValueError, match="not a listening-test answers file"):
         ls.append_answer(bad, {"participant": "p"})
+
+
+def test_ids_are_random_per_build_and_no_key_lies_beside_the_stimuli(tmp_path):
+    a = make_stimuli(tmp_path / "a" / "stim")
+    b = make_stimuli(tmp_path / "b" / "stim")  # same stimuli, same seed
+    ids = lambda f: {p.stem for p in (f / "audio").iterdir()}
+    assert not ids(a) & ids(b)
+    assert not list(a.rglob("key*")) and "system" not in (a / "trials.json").read_text()
+    assert len(ls.load_key(a, keys(a))) == 12
+
+
+def test_every_comparison_is_heard_in_both_orders(tmp_path):
+    folder = make_stimuli(tmp_path / "stim", n_trials=5)
+    key = ls.load_key(folder, keys(folder))
+    trials = ls.load_trials(folder)["trials"]
+    pairs = [(key[t["clip_a"]]["system"], key[t["clip_b"]]["system"], key[t["clip_a"]]["clip"],
+              key[t["clip_a"]]["target"]) for t in trials]
+    assert 0 < len(trials) <= 5
+    for a, b, clip, tgt in pairs:
+        assert sum(1 for p in pairs if p[2:] == (clip, tgt) and p[0] == a) == 1
+    firsts = [p[0] for p in pairs]
+    assert len({firsts.count(s) for s in set(firsts)}) == 1  # each system clip A equally often
+
+
+def test_answers_are_never_attributed_to_rebuilt_stimuli(tmp_path):
+    folder = make_stimuli(tmp_path / "stim")
+    answers = tmp_path / "answers.csv"
+    test = ls.ListeningTest(folder, answers, "p1")
+    test.submit("cello", 4, "A")
+    rated = ls.load_trials(folder)
+    # A rebuild beside those answers refuses, naming them...
+    with pytest.raises(ValueError, match="already rated .*1 answers in"):
+        ls.build_stimuli([ls.Stimulus("other", "piano", "cello", "w", tone(300))], folder, SR,
+                         key_dir=keys(folder), answers_files=[answers])
+    # ... or keeps the rated stimuli untouched.
+    kept = ls.build_stimuli([ls.Stimulus("other", "piano", "cello", "w", tone(300))], folder, SR,
+                            key_dir=keys(folder), answers_files=[answers], keep_rated=True)
+    assert ls.load_trials(kept) == rated
+    assert len(ls.analyse(answers, folder, keys(folder)).answers) == 1
+    # Stimuli rebuilt without being told about the answers: the analysis refuses them.
+    make_stimuli(folder)
+    with pytest.raises(ValueError, match="rated other stimuli"):
+        ls.analyse(answers, folder, keys(folder))

@@ -144,7 +144,8 @@ def _answer(page, instrument: str, rating: str, preference: str) -> None:
 def test_two_trials_answered_in_jupyterlab_reach_the_answers_file(tmp_path, lab):
     from playwright.sync_api import sync_playwright
 
-    stimuli = make_stimuli(tmp_path / "stim", n_trials=2)
+    # Two systems: one clip and target give exactly two trials (both orders).
+    stimuli = make_stimuli(tmp_path / "stim", systems=SYSTEMS[:2], n_trials=2)
     answers = tmp_path / "answers.csv"
     _write_notebook(tmp_path, stimuli, answers)
     with sync_playwright() as pw:

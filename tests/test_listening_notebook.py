@@ -9,6 +9,8 @@ import pytest
 from conftest import REPO
 from test_evaluate import write_smoke_study
 
+from umt_core import listening
+
 NOTEBOOK = REPO / "notebooks" / "04_listening_tests.ipynb"
 
 
@@ -53,7 +55,8 @@ def test_notebook_runs_under_papermill_with_demo_answers(smoke_study):
         progress_bar=False,
         parameters={"checkpoints": [str(ckpt)], "run_dir": "", "manifest": str(manifest),
                     "source_clips": 1, "seconds_per_clip": 0.5, "n_trials": 4,
-                    "samples_to_show": 1, "results_dir": str(results)},
+                    "samples_to_show": 1, "results_dir": str(results),
+                    "key_dir": str(tmp_path / "keys")},
     )
     figures = json.loads((results / "04_listening_tests.json").read_text())
     assert figures["listening_demo"] is True
@@ -66,7 +69,12 @@ def test_notebook_runs_under_papermill_with_demo_answers(smoke_study):
     wavs = sorted(p.name for p in (results / "examples").glob("*.wav"))
     assert wavs and {w.rsplit("_", 1)[-1] for w in wavs} >= {"source.wav", "translation.wav"}
     assert any(w.endswith("_ground_truth.wav") for w in wavs)
-    key = json.loads((results / "listening" / "stimuli" / "key.json").read_text())
-    assert {v["system"] for v in key["stimuli"].values()} == {"smoke-best", "ground_truth"}
+    # The condition key stays outside the shareable results, found by the stimuli's hash.
+    assert not [p for p in results.rglob("*") if "key" in p.name]
+    key = listening.load_key(results / "listening" / "stimuli", tmp_path / "keys")
+    assert {v["system"] for v in key.values()} == {"smoke-best", "ground_truth"}
+    assert any(k.startswith("demo_listening_") for k in figures)
+    assert not any(k.startswith("listening_") for k in figures
+                   if k not in ("listening_demo", "listening_answers_file"))
     out = (tmp_path / "out.ipynb").read_text()
     assert "DEMO ANSWERS" in out and "<audio" in out

@@ -2,11 +2,16 @@
 
 `build_stimuli` writes a stimulus folder:
 
-    audio/<id>.wav   one file per stimulus, under an opaque random id
+    audio/<id>.wav   one file per stimulus, under an id drawn at random on every build
     trials.json      what the interface shows: trial ids, the two clips' ids, the
-                     instrument choices; nothing that names a system
-    key.json         the condition key, kept apart: stimulus id -> system, source
-                     domain, target instrument, source clip
+                     instrument choices, the stimuli's content hash; nothing that
+                     names a system
+
+and the condition key (stimulus id -> system, source domain, target instrument, source
+clip) as `<key_dir>/<content hash>.json`, outside the shareable results (e.g. under
+runs/, which git ignores). Every answer records the content hash of the stimuli it
+rated; the analysis refuses answers to other stimuli, and a rebuild over rated stimuli
+keeps them or refuses, so an answer can never be attributed to another condition.
 
 A trial plays clip A and clip B (the same source clip translated to the same target
 instrument by two systems), asks which instrument plays in clip A, how good clip A
@@ -20,8 +25,9 @@ moment it is given (flushed and fsynced, so a dead kernel loses nothing), and a
 participant who reopens the notebook continues at their first unanswered trial.
 
 `analyse` joins the answers with the key: identification accuracy with Wilson
-confidence intervals, MOS with t intervals, and preferences with a sign test, per
-system. `demo_answers` writes a clearly labelled simulated answers file (participant
+confidence intervals, MOS with t intervals, both also with a bootstrap over
+participants and stimuli, and preferences with a sign test, per system; simulated
+answers give figures named `demo_...`. `demo_answers` writes a clearly labelled simulated answers file (participant
 ids start with DEMO) so the analysis can be shown before real listeners take part.
 """
 
@@ -33,6 +39,7 @@ import hashlib
 import io
 import json
 import os
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,9 +50,10 @@ import pandas as pd
 
 from .audio import save_audio
 from .paths import write_text_atomic
+from .statistics import wilson_interval
 
-ANSWER_COLUMNS = ["participant", "trial", "position", "clip_a", "clip_b", "instrument", "mos",
-                  "preferred", "time"]
+ANSWER_COLUMNS = ["participant", "stimuli", "trial", "position", "clip_a", "clip_b",
+                  "instrument", "mos", "preferred", "time"]  # stimuli: their content hash
 MOS_LABELS = ["1 bad", "2 poor", "3 fair", "4 good", "5 excellent"]
 DEMO_PREFIX = "DEMO"
 
@@ -87,13 +95,18 @@ def stimuli_from_evaluations(evaluations: Sequence[Any],
 
 
 def build_stimuli(stimuli: Sequence[Stimulus], out_dir: str | Path, sample_rate: int, *,
-                  instruments: Sequence[str] | None = None, n_trials: int | None = None,
-                  seed: int = 0) -> Path:
-    """Write audio, trials.json and key.json (see the module docstring) into `out_dir`.
+                  key_dir: str | Path, instruments: Sequence[str] | None = None,
+                  n_trials: int | None = None, seed: int = 0,
+                  answers_files: Sequence[str | Path] = (), keep_rated: bool = False) -> Path:
+    """Write audio and trials.json into `out_dir` and the condition key into `key_dir`
+    (outside the shareable results, e.g. under runs/) as `<stimuli hash>.json`.
 
-    Stimuli sharing (source, clip, target) are compared with each other; with k systems
-    each one is clip A once, against the next system in a cyclic order. `n_trials` keeps
-    a random subset. An existing stimulus folder is replaced.
+    Stimulus ids are random on every build. Stimuli sharing (source, clip, target) are
+    compared with each other; with k systems each one is clip A once, against the next
+    system in a cyclic order. `n_trials` keeps a random subset of whole groups, so every
+    kept pair is heard in both orders. An existing stimulus folder is replaced, unless
+    an answers file in `answers_files` rated it: then it is kept (`keep_rated=True`) or
+    the build refuses.
     """
     out = Path(out_dir)
     if not stimuli:
@@ -102,7 +115,15 @@ def build_stimuli(stimuli: Sequence[Stimulus], out_dir: str | Path, sample_rate:
     missing = sorted({s.target for s in stimuli} - set(instruments))
     if missing:
         raise ValueError(f"target instruments {missing} are not among the choices {instruments}")
-    rng = np.random.default_rng([seed, 4242])
+    rated = _rated_answers(out, answers_files)
+    if rated:
+        if keep_rated:
+            return out
+        raise ValueError(
+            f"{out}: these stimuli were already rated ({rated}); rebuilding them would "
+            "attribute those answers to other stimuli. Keep them (keep_rated=True), or move "
+            "the answers file away before building new stimuli")
+    rng = np.random.default_rng([seed, 4242])  # trial order; ids are random per build
     (out / "audio").mkdir(parents=True, exist_ok=True)
     for old in (out / "audio").glob("*.wav"):
         old.unlink()
@@ -110,9 +131,9 @@ def build_stimuli(stimuli: Sequence[Stimulus], out_dir: str | Path, sample_rate:
     ids: list[str] = []
     used: set[str] = set()
     for _ in stimuli:
-        sid = f"{int(rng.integers(16**8)):08x}"
+        sid = secrets.token_hex(6)
         while sid in used:
-            sid = f"{int(rng.integers(16**8)):08x}"
+            sid = secrets.token_hex(6)
         used.add(sid)
         ids.append(sid)
     key = {}
@@ -122,22 +143,66 @@ def build_stimuli(stimuli: Sequence[Stimulus], out_dir: str | Path, sample_rate:
         key[sid] = {"system": s.system, "source": s.source, "target": s.target, "clip": s.clip}
         groups.setdefault((s.source, s.clip, s.target), []).append(i)
 
-    pairs = []
+    group_pairs = []
     for members in groups.values():
         members = sorted(members, key=lambda i: stimuli[i].system)
+        group_pairs.append([])
         for j, i in enumerate(members):
             partner = members[(j + 1) % len(members)] if len(members) > 1 else None
-            pairs.append((ids[i], ids[partner] if partner is not None else None))
+            group_pairs[-1].append((ids[i], ids[partner] if partner is not None else None))
+    # Whole groups, so a kept comparison is heard in both orders.
+    chosen, pairs = rng.permutation(len(group_pairs)), []
+    for g in chosen:
+        if n_trials is not None and pairs and len(pairs) + len(group_pairs[g]) > int(n_trials):
+            break
+        pairs += group_pairs[g]
     order = rng.permutation(len(pairs))
-    if n_trials is not None:
-        order = order[:max(1, int(n_trials))]
     width = max(2, len(str(len(order))))
     trials = [{"trial": f"t{n + 1:0{width}d}", "clip_a": pairs[i][0], "clip_b": pairs[i][1]}
               for n, i in enumerate(order)]
-    _write_json(out / "trials.json", {"instruments": instruments, "sample_rate": sample_rate,
-                                      "trials": trials})
-    _write_json(out / "key.json", {"seed": seed, "stimuli": key})
+    public = {"instruments": instruments, "sample_rate": sample_rate, "trials": trials}
+    public["stimuli_sha256"] = _stimuli_hash(out, public)
+    _write_json(out / "trials.json", public)
+    key_path = Path(key_dir) / f"{public['stimuli_sha256']}.json"
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(key_path, {"seed": seed, "stimuli_sha256": public["stimuli_sha256"],
+                           "stimuli": key})
     return out
+
+
+def _stimuli_hash(folder: Path, public: Mapping[str, Any]) -> str:
+    """Content hash of what a listener rates: the trials and every audio file."""
+    h = hashlib.sha256(json.dumps({k: public[k] for k in ("instruments", "sample_rate", "trials")},
+                                  sort_keys=True).encode())
+    for wav in sorted((folder / "audio").glob("*.wav")):
+        h.update(wav.name.encode())
+        h.update(wav.read_bytes())
+    return h.hexdigest()
+
+
+def stimuli_hash(stimuli_dir: str | Path) -> str:
+    """The content hash recorded in trials.json (checked against the files)."""
+    folder = Path(stimuli_dir)
+    public = load_trials(folder)
+    recorded = public.get("stimuli_sha256")
+    if recorded is None or recorded != _stimuli_hash(folder, public):
+        raise ValueError(f"{folder}: the stimuli do not match their recorded hash "
+                         "(changed or built by an older version); build them again")
+    return recorded
+
+
+def _rated_answers(folder: Path, answers_files: Sequence[str | Path]) -> str:
+    """'N answers in F' for the answers that rated the stimuli now in `folder`."""
+    if not (folder / "trials.json").is_file():
+        return ""
+    current = load_trials(folder).get("stimuli_sha256")
+    found = []
+    for f in answers_files:
+        df = load_answers(f)
+        n = int((df.stimuli == current).sum()) if len(df) else 0
+        if n:
+            found.append(f"{n} answers in {f}")
+    return "; ".join(found)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -152,11 +217,14 @@ def load_trials(stimuli_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load_key(stimuli_dir: str | Path) -> dict[str, dict[str, str]]:
-    """The condition key: stimulus id -> system, source, target, clip."""
-    path = Path(stimuli_dir) / "key.json"
+def load_key(stimuli_dir: str | Path, key_dir: str | Path) -> dict[str, dict[str, str]]:
+    """The condition key of these stimuli (found in `key_dir` by their content hash):
+    stimulus id -> system, source, target, clip."""
+    digest = stimuli_hash(stimuli_dir)
+    path = Path(key_dir) / f"{digest}.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: the condition key of these stimuli is missing")
+        raise FileNotFoundError(f"{path}: the condition key of the stimuli in {stimuli_dir} "
+                                "is missing (it stays where build_stimuli wrote it)")
     return json.loads(path.read_text())["stimuli"]
 
 
@@ -164,6 +232,13 @@ def participant_order(n: int, participant: str) -> list[int]:
     """The trial order of one participant: a permutation seeded by their id."""
     seed = int.from_bytes(hashlib.sha256(participant.encode()).digest()[:8], "little")
     return [int(i) for i in np.random.default_rng(seed).permutation(n)]
+
+
+def participant_trials(trials: Sequence[Mapping[str, Any]], participant: str) -> list[dict[str, Any]]:
+    """One participant's trials in their own order. Balance comes from the build: every
+    kept comparison is there in both orders (X as clip A against Y, and Y against X), so
+    each participant hears every system as clip A equally often per pair."""
+    return [dict(trials[i]) for i in participant_order(len(trials), participant)]
 
 
 # ------------------------------------------------------------------------ answers
@@ -199,7 +274,7 @@ def load_answers(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
         return pd.DataFrame(columns=ANSWER_COLUMNS)
-    df = pd.read_csv(path, dtype={"participant": str, "trial": str, "clip_a": str,
+    df = pd.read_csv(path, dtype={"participant": str, "stimuli": str, "trial": str, "clip_a": str,
                                   "clip_b": str, "instrument": str, "preferred": str})
     missing = set(ANSWER_COLUMNS) - set(df.columns)
     if missing:
@@ -230,9 +305,9 @@ class ListeningTest:
         self.answers_file = Path(answers_file)
         self.participant = participant
         public = load_trials(self.stimuli_dir)
+        self.stimuli = stimuli_hash(self.stimuli_dir)
         self.instruments: list[str] = public["instruments"]
-        trials = public["trials"]
-        self.trials = [trials[i] for i in participant_order(len(trials), participant)]
+        self.trials = participant_trials(public["trials"], participant)
         done = answered_trials(self.answers_file, participant)
         self._done = [t["trial"] in done for t in self.trials]
         self._build()
@@ -266,7 +341,8 @@ class ListeningTest:
             raise ValueError("say which clip is better: 'A' or 'B'")
         chosen = {"A": trial["clip_a"], "B": trial["clip_b"]}.get(preferred or "", "")
         row = {
-            "participant": self.participant, "trial": trial["trial"], "position": self.position,
+            "participant": self.participant, "stimuli": self.stimuli, "trial": trial["trial"],
+            "position": self.position,
             "clip_a": trial["clip_a"], "clip_b": trial["clip_b"] or "", "instrument": instrument,
             "mos": int(mos), "preferred": chosen or "",
             "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -355,22 +431,32 @@ class ListeningResults:
     demo: bool
 
     def key_figures(self) -> dict[str, float | str | bool]:
+        """Headline figures; every name starts with `demo_` when the answers are simulated,
+        so a demo figure can never pass for data in metrics.json or the report."""
+        p = "demo_listening" if self.demo else "listening"
         out: dict[str, float | str | bool] = {"listening_demo": self.demo,
-                                              "listening_answers": len(self.answers),
-                                              "listening_participants":
+                                              f"{p}_answers": len(self.answers),
+                                              f"{p}_participants":
                                                   int(self.answers.participant.nunique())}
         for r in self.identification.to_dict("records"):
-            out[f"listening_{r['system']}_identification"] = r["accuracy"]
+            out[f"{p}_{r['system']}_identification"] = r["accuracy"]
         for r in self.mos.to_dict("records"):
-            out[f"listening_{r['system']}_mos"] = r["mean"]
+            out[f"{p}_{r['system']}_mos"] = r["mean"]
         for r in self.preference_by_system.to_dict("records"):
-            out[f"listening_{r['system']}_preferred_share"] = r["share"]
+            out[f"{p}_{r['system']}_preferred_share"] = r["share"]
         return out
 
 
-def score(answers: pd.DataFrame, stimuli_dir: str | Path) -> pd.DataFrame:
-    """Answers joined with the condition key: one row per answer."""
-    key = load_key(stimuli_dir)
+def score(answers: pd.DataFrame, stimuli_dir: str | Path, key_dir: str | Path) -> pd.DataFrame:
+    """Answers joined with the condition key: one row per answer. Answers given to other
+    stimuli (another content hash) are refused, never re-attributed."""
+    digest = stimuli_hash(stimuli_dir)
+    foreign = answers[answers.stimuli.astype(str) != digest] if len(answers) else answers
+    if len(foreign):
+        raise ValueError(f"{len(foreign)} answers rated other stimuli than those in {stimuli_dir} "
+                         f"(hash {str(foreign.stimuli.iloc[0])[:12]}..., these are {digest[:12]}...); "
+                         "analyse them with the stimuli they rated")
+    key = load_key(stimuli_dir, key_dir)
     unknown = set(answers.clip_a) - set(key)
     if unknown:
         raise ValueError(f"answers refer to stimuli not in {stimuli_dir}: {sorted(unknown)[:3]}")
@@ -380,7 +466,8 @@ def score(answers: pd.DataFrame, stimuli_dir: str | Path) -> pd.DataFrame:
         b = key.get(r["clip_b"]) if isinstance(r["clip_b"], str) and r["clip_b"] else None
         pref = r["preferred"] if isinstance(r["preferred"], str) and r["preferred"] else None
         rows.append({
-            "participant": r["participant"], "trial": r["trial"], "system_a": a["system"],
+            "participant": r["participant"], "trial": r["trial"], "clip_a": r["clip_a"],
+            "system_a": a["system"],
             "system_b": b["system"] if b else None, "target": a["target"],
             "instrument": r["instrument"], "correct": r["instrument"] == a["target"],
             "mos": float(r["mos"]),
@@ -389,15 +476,6 @@ def score(answers: pd.DataFrame, stimuli_dir: str | Path) -> pd.DataFrame:
             else None,
         })
     return pd.DataFrame(rows)
-
-
-def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    from scipy.stats import binomtest  # on use: scipy.stats takes seconds (measured)
-
-    if n == 0:
-        return float("nan"), float("nan")
-    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(ci.low), float(ci.high)
 
 
 def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
@@ -418,24 +496,31 @@ def sign_test(wins: int, n: int) -> float:
     return float(binomtest(int(wins), int(n), 0.5).pvalue) if n else float("nan")
 
 
-def analyse(answers: pd.DataFrame | str | Path, stimuli_dir: str | Path,
+def analyse(answers: pd.DataFrame | str | Path, stimuli_dir: str | Path, key_dir: str | Path,
             confidence: float = 0.95) -> ListeningResults:
     """Identification accuracy (Wilson CI), MOS (t CI) and preferences (sign test) per
-    system."""
+    system, and for accuracy and MOS a bootstrap interval over participants and stimuli
+    together (`boot_low`, `boot_high`: answers are not independent draws)."""
+    from .statistics import bootstrap_crossed
+
     if not isinstance(answers, pd.DataFrame):
         answers = load_answers(answers)
-    scored = score(answers, stimuli_dir)
+    scored = score(answers, stimuli_dir, key_dir)
     instruments = load_trials(stimuli_dir)["instruments"]
     ident, mos = [], []
     for system, g in (scored.groupby("system_a", sort=True) if len(scored) else []):
         k, n = int(g.correct.sum()), len(g)
         lo, hi = wilson_interval(k, n, confidence)
+        b = bootstrap_crossed(g.correct.astype(float), g.participant, g.clip_a, confidence=confidence)
         ident.append({"system": system, "n": n, "correct": k, "accuracy": k / n,
-                      "ci_low": lo, "ci_high": hi, "chance": 1 / len(instruments)})
+                      "ci_low": lo, "ci_high": hi, "boot_low": b["ci_low"],
+                      "boot_high": b["ci_high"], "chance": 1 / len(instruments)})
         lo, hi = mean_interval(g.mos, confidence)
+        b = bootstrap_crossed(g.mos, g.participant, g.clip_a, confidence=confidence)
         mos.append({"system": system, "n": n, "mean": float(g.mos.mean()),
                     "std": float(g.mos.std(ddof=1)) if n > 1 else float("nan"),
-                    "ci_low": lo, "ci_high": hi})
+                    "ci_low": lo, "ci_high": hi, "boot_low": b["ci_low"],
+                    "boot_high": b["ci_high"]})
     prefs = scored.dropna(subset=["preferred_system"]) if len(scored) else scored
     pairwise, by_system = [], []
     if len(prefs):
@@ -455,8 +540,10 @@ def analyse(answers: pd.DataFrame | str | Path, stimuli_dir: str | Path,
     demo = bool(len(answers)) and answers.participant.astype(str).str.startswith(DEMO_PREFIX).all()
     return ListeningResults(
         identification=pd.DataFrame(ident, columns=["system", "n", "correct", "accuracy",
-                                                    "ci_low", "ci_high", "chance"]),
-        mos=pd.DataFrame(mos, columns=["system", "n", "mean", "std", "ci_low", "ci_high"]),
+                                                    "ci_low", "ci_high", "boot_low",
+                                                    "boot_high", "chance"]),
+        mos=pd.DataFrame(mos, columns=["system", "n", "mean", "std", "ci_low", "ci_high",
+                                       "boot_low", "boot_high"]),
         preference=pd.DataFrame(pairwise, columns=["system_1", "system_2", "n", "wins_1",
                                                    "wins_2", "share_1", "p_value"]),
         preference_by_system=pd.DataFrame(by_system, columns=["system", "comparisons", "wins",
@@ -469,8 +556,9 @@ def analyse(answers: pd.DataFrame | str | Path, stimuli_dir: str | Path,
 # --------------------------------------------------------------------------- demo
 
 
-def demo_answers(stimuli_dir: str | Path, answers_file: str | Path, *, participants: int = 4,
-                 quality: Mapping[str, float] | None = None, seed: int = 0) -> Path:
+def demo_answers(stimuli_dir: str | Path, answers_file: str | Path, key_dir: str | Path, *,
+                 participants: int = 4, quality: Mapping[str, float] | None = None,
+                 seed: int = 0) -> Path:
     """Write a SIMULATED answers file (participants DEMO-01, ...), replacing the file.
 
     Each simulated listener answers every trial in their own order. A system's quality
@@ -478,7 +566,8 @@ def demo_answers(stimuli_dir: str | Path, answers_file: str | Path, *, participa
     the right instrument (chance level + (1 - chance) q), the rating (about 1 + 4 q) and
     the preference (logistic in the quality difference). These are not data.
     """
-    key = load_key(stimuli_dir)
+    key = load_key(stimuli_dir, key_dir)
+    digest = stimuli_hash(stimuli_dir)
     public = load_trials(stimuli_dir)
     instruments, trials = public["instruments"], public["trials"]
     quality = dict(quality or {})
@@ -494,8 +583,7 @@ def demo_answers(stimuli_dir: str | Path, answers_file: str | Path, *, participa
     start = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
     for p in range(participants):
         pid = f"{DEMO_PREFIX}-{p + 1:02d}"
-        for pos, i in enumerate(participant_order(len(trials), pid)):
-            t = trials[i]
+        for pos, t in enumerate(participant_trials(trials, pid)):
             a = key[t["clip_a"]]
             chance = 1 / len(instruments)
             if rng.random() < chance + (1 - chance) * q(a["system"]):
@@ -510,7 +598,7 @@ def demo_answers(stimuli_dir: str | Path, answers_file: str | Path, *, participa
                 p_a = 1 / (1 + np.exp(-6 * (q(a["system"]) - q(b["system"]))))
                 preferred = t["clip_a"] if rng.random() < p_a else t["clip_b"]
             append_answer(path, {
-                "participant": pid, "trial": t["trial"], "position": pos,
+                "participant": pid, "stimuli": digest, "trial": t["trial"], "position": pos,
                 "clip_a": t["clip_a"], "clip_b": t["clip_b"] or "", "instrument": instrument,
                 "mos": mos, "preferred": preferred,
                 "time": (start + dt.timedelta(minutes=pos)).isoformat(timespec="seconds"),
