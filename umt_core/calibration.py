@@ -32,7 +32,7 @@ the rows that must fail, and says whether they separate.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -317,10 +317,6 @@ def choose_thresholds(signals: pd.DataFrame, tolerance: float = 0.0) -> tuple[Th
         report[name] = {"value": value, "separates": ok, "tolerance": tolerance,
                         "must_pass": list(MUST_PASS[crit]), "must_fail": list(MUST_FAIL[crit])}
     return th, report
-
-
-def thresholds_json(th: Thresholds) -> dict[str, float]:
-    return asdict(th)
 
 
 # ------------------------------------------------------------ a dataset's rows

@@ -113,13 +113,6 @@ def framewise_agreement(reference: np.ndarray, candidate: np.ndarray,
     return float(r.mean())
 
 
-def audio_agreement(reference: np.ndarray, candidate: np.ndarray, sample_rate: int) -> float:
-    """CQT-chroma agreement of `candidate` with the time-aligned `reference` audio."""
-    ref, cand = _audio(reference), _audio(candidate)
-    n = min(len(ref), len(cand))
-    return framewise_agreement(cqt_chroma(ref[:n], sample_rate), cqt_chroma(cand[:n], sample_rate))
-
-
 # ---------------------------------------------------------------------- the score
 
 
@@ -138,16 +131,6 @@ def score_chroma(events: np.ndarray, start: float, n_frames: int, sample_rate: i
     for pc in range(12):
         out[pc] = sounding[:, pcs == pc].any(axis=1)
     return out
-
-
-def score_agreement(audio: np.ndarray, events: np.ndarray, start: float,
-                    sample_rate: int) -> float:
-    """CQT-chroma agreement of `audio` (a clip starting `start` seconds into the
-    rendering) with the score's pitch classes, over the frames where the score has
-    notes."""
-    C = cqt_chroma(audio, sample_rate)
-    S = score_chroma(events, start, C.shape[1], sample_rate)
-    return framewise_agreement(S, C, frames=S.sum(axis=0) > 0)
 
 
 def notes_kept(agreement: float, truth: float, wrong_notes: float) -> float:
