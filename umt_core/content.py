@@ -38,6 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from .data import load_manifest, read_lock
+from .data.render import arrange, cached_notes, note_cache_dir
+
 CQT_HOP = 256  # samples between chroma frames (32 ms at 8 kHz, 16 ms at 16 kHz)
 CQT_FMIN_NOTE = "C1"  # lowest CQT bin (32.7 Hz): below every instrument's range here
 CQT_MAX_OCTAVES = 7
@@ -155,15 +158,13 @@ class ScoreNotes:
 
     @classmethod
     def from_manifest(cls, manifest, note_cache: str | Path | None = None) -> ScoreNotes:
-        from . import data, render
-
-        m = data.load_manifest(manifest) if isinstance(manifest, str | Path) else manifest
+        m = load_manifest(manifest) if isinstance(manifest, str | Path) else manifest
         if m.kind != "scores":
             raise ValueError(f"{m.path}: dataset {m.name!r} is not rendered from scores "
                              f"(source type {m.kind!r}); it has no note lists")
-        lock = data.read_lock(m)
+        lock = read_lock(m)
         cache = (Path(note_cache) if note_cache else
-                 render.note_cache_dir(m.data_dir.parent / ".cache" / "notes"))
+                 note_cache_dir(m.data_dir.parent / ".cache" / "notes"))
         return cls(lock["params"], cache)
 
     @functools.cached_property
@@ -171,13 +172,9 @@ class ScoreNotes:
         return {d["name"]: d for d in self.params["domains"]}
 
     def notes(self, work: str) -> dict[str, Any]:
-        from .render import cached_notes
-
         return cached_notes(work, self.note_cache)
 
     def events(self, work: str, domain: str) -> np.ndarray:
-        from .render import arrange
-
         if domain not in self._domains:
             raise ValueError(f"domain {domain!r} is not in this dataset ({sorted(self._domains)})")
         d, src = self._domains[domain], self.params["source"]
