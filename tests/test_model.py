@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import FIXTURES
+
 from umt_core.audio import mu_law_decode, mu_law_encode
 from umt_core.config import preset
 from umt_core.model import UMTN, count_parameters, upsample_frames

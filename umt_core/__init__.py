@@ -6,6 +6,12 @@ from .config import Config, ModelConfig, TrainConfig, preset
 from .model import UMTN
 
 __all__ = [
-    "Config", "ModelConfig", "TrainConfig", "UMTN", "load_checkpoint", "load_model",
-    "preset", "save_checkpoint",
+    "UMTN",
+    "Config",
+    "ModelConfig",
+    "TrainConfig",
+    "load_checkpoint",
+    "load_model",
+    "preset",
+    "save_checkpoint",
 ]
