@@ -169,7 +169,7 @@ def test_shared_decoder_gives_identical_outputs(tmp_path, data):
 
 
 def test_micro_batches_equal_the_whole_batch(tmp_path, data, exact_fp32):
-    fp32 = {"train.bf16": False}  # on CUDA: bf16 rounding depends on the split
+    fp32 = {"train.precision": "fp32"}  # bf16 rounding depends on the split
     whole = train(smoke(**fp32), tmp_path / "whole", train_data=data, steps=2, progress=False)
     micro = train(smoke(**fp32, **{"train.micro_batch": 1}), tmp_path / "micro",
                   train_data=data, steps=2, progress=False)
@@ -232,28 +232,33 @@ def _comparable(events: list[dict]) -> list[dict]:
             for e in events if e["event"] not in ("start", "resume")]
 
 
+def kill_and_resume(tmp_path: Path, run: Path, steps: int, kill_at: int, overrides: dict,
+                    saved_step: int, device: str | None = None) -> str:
+    """Train `run` in a subprocess, SIGKILL it while it logs step `kill_at` (its last
+    checkpoint being at `saved_step`), then resume it to `steps`; the resume's stdout."""
+    args = [sys.executable, str(_script(tmp_path)), str(run), str(steps)]
+    proc = subprocess.Popen(args + [str(kill_at), json.dumps(overrides)], env=_env(device))
+    deadline = time.time() + 120
+    while not (run / "hanging").exists():
+        assert proc.poll() is None, f"training exited before reaching step {kill_at}"
+        assert time.time() < deadline, f"training did not reach step {kill_at}"
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == saved_step
+    assert max(e["step"] for e in read_metrics(run / "metrics.jsonl")) == kill_at
+    return subprocess.run(args + ["0", json.dumps(overrides)], env=_env(device), check=True,
+                          capture_output=True, text=True).stdout
+
+
 def test_exact_resume_after_sigkill(tmp_path, data):
     overrides = {"train.steps_per_epoch": 3}
     straight = tmp_path / "straight"
     train(smoke(**overrides), straight, train_data=data, steps=12, progress=False)
 
     run = tmp_path / "killed"
-    script = _script(tmp_path)
-    args = [sys.executable, str(script), str(run), "12"]
-    proc = subprocess.Popen(args + ["7", json.dumps(overrides)], env=_env())
-    deadline = time.time() + 120
-    while not (run / "hanging").exists():
-        assert proc.poll() is None, "training exited before reaching step 7"
-        assert time.time() < deadline, "training did not reach step 7"
-        time.sleep(0.1)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 6
-    assert max(e["step"] for e in read_metrics(run / "metrics.jsonl")) == 7
-
-    out = subprocess.run(args + ["0", json.dumps(overrides)], env=_env(), check=True,
-                         capture_output=True, text=True)
-    assert json.loads(out.stdout.strip().splitlines()[-1])["steps"] == 12
+    out = kill_and_resume(tmp_path, run, 12, 7, overrides, saved_step=6)
+    assert json.loads(out.strip().splitlines()[-1])["steps"] == 12
 
     a = load_checkpoint(straight / "checkpoints" / "last.pt")
     b = load_checkpoint(run / "checkpoints" / "last.pt")

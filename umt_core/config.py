@@ -62,7 +62,9 @@ class TrainConfig:
     augment: bool = True  # pitch-shift a sub-segment of the encoder input
     pitch_shift_semitones: float = 0.5
     schedule: str = "all_domains"  # or "round_robin": one domain per step (reference)
-    bf16: bool = True  # autocast to bfloat16 on CUDA only; CPU always trains in fp32
+    # "fp32", or "bf16": matrix products and convolutions under bfloat16 autocast (CPU and
+    # CUDA), weights, gradients and optimizer states kept in fp32
+    precision: str = "fp32"
     # CUDA: deterministic kernels (cuDNN, cuBLAS workspace), so that a resumed run equals
     # an uninterrupted one there too; CPU training is deterministic regardless
     deterministic: bool = True
@@ -105,17 +107,38 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Config:
+    def from_dict(cls, d: dict[str, Any], *, trained_on: str | None = None) -> Config:
+        """`trained_on` ("cpu" or "cuda"): the device a stored run trained on, which
+        decides what an old config's ``train.bf16`` computed (see `legacy_precision`)."""
         d = dict(d)
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown config keys {sorted(unknown)}")
         model = _build(ModelConfig, d.pop("model", {}), "model")
-        train = _build(TrainConfig, d.pop("train", {}), "train")
+        train = _build(TrainConfig, legacy_precision(d.pop("train", {}), trained_on), "train")
         return cls(model=model, train=train, **d)
 
     def save_yaml(self, path: str | Path) -> None:
         write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def legacy_precision(train: dict[str, Any], trained_on: str | None = None) -> dict[str, Any]:
+    """A train section with an old ``bf16`` flag as ``precision``. The flag meant bf16
+    autocast on CUDA and fp32 on the CPU whatever its value, so a run stored as trained
+    on the CPU gets "fp32"; otherwise the flag is taken as written."""
+    if "bf16" not in train:
+        return train
+    train = dict(train)
+    bf16 = train.pop("bf16")
+    if not isinstance(bf16, bool):
+        raise ValueError(f"train.bf16 must be true or false, not {bf16!r}")
+    if "precision" in train:
+        raise ValueError("train.bf16 (old) and train.precision are both set; keep precision")
+    train["precision"] = "bf16" if bf16 and trained_on != "cpu" else "fp32"
+    return train
+
+
+PRECISIONS = ("fp32", "bf16")
 
 
 def _build(klass, values: dict[str, Any], section: str):
@@ -193,6 +216,8 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     for key, value in overrides.items():
         if isinstance(value, str):
             value = yaml.safe_load(value) if value != "" else value
+        if key == "train.bf16":  # the old flag, as in a stored config
+            key, value = "train.precision", legacy_precision({"bf16": value})["precision"]
         target: Any = cfg
         *path, name = key.split(".")
         for part in path:

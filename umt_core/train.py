@@ -78,7 +78,7 @@ from tqdm.auto import tqdm
 from . import data
 from . import forward as fw
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
-from .config import Config, apply_overrides, parse_overrides, preset
+from .config import PRECISIONS, Config, apply_overrides, parse_overrides, preset
 from .data.sampling import TRAIN_STREAM, VALIDATION_STREAM, DomainAudio, SegmentSampler, prefetch
 from .metrics import read_metrics
 from .model import N_CLASSES, UMTN, UNIFORM_LOSS, copy_shared_weights
@@ -404,7 +404,7 @@ class Trainer:
                                       cfg.mu_law, augment)
         self.val_sampler = SegmentSampler(val_data, self.tc.segment_samples, self.tc.seed,
                                           cfg.mu_law, None)
-        self.use_bf16 = self.device.type == "cuda" and self.tc.bf16
+        self.use_bf16 = self.tc.precision == "bf16"  # autocast; weights stay fp32
         self.step = 0
         self.best_val = math.inf
         self.window: deque[float] = deque(maxlen=self.tc.spike_window)
@@ -434,7 +434,7 @@ class Trainer:
 
     def _autocast(self):
         if self.use_bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def lr(self) -> float:
@@ -821,6 +821,8 @@ def _resolve_data(cfg: Config, manifest, train_data, val_data):
 
 def _check_config(cfg: Config) -> None:
     tc = cfg.train
+    if tc.precision not in PRECISIONS:
+        raise ValueError(f"train.precision must be one of {PRECISIONS}, not {tc.precision!r}")
     if tc.schedule not in ("all_domains", "round_robin"):
         raise ValueError(f"train.schedule must be all_domains or round_robin, not {tc.schedule!r}")
     if tc.batch_per_domain < 1 or tc.steps_per_epoch < 1 or tc.segment_samples < cfg.model.pool:
@@ -881,7 +883,7 @@ def _run(cfg: Config, run_dir: Path, train_data, val_data, augment, group: Proce
     resume = files.last.exists() and not fresh
     if resume:
         state = load_checkpoint(files.last, map_location="cpu")
-        stored = Config.from_dict(state["config"])
+        stored = Config.from_dict(state["config"], trained_on=group.device.type)
         diffs = {k: v for k, v in config_differences(stored, cfg).items()
                  if k not in RESUMABLE_CHANGES}
         if diffs:

@@ -1,12 +1,12 @@
-"""`python -m umt_core bench train|generate|loader`: speed and memory, with a
-baseline measured in the same run. Figures are printed, never asserted in tests.
+"""`python -m umt_core bench train|generate|translate|loader|parity`: speed and memory,
+with a baseline measured in the same run. Figures are printed, never asserted in tests.
 Benchmarks live here, out of the library: the library never imports this package."""
 
 from __future__ import annotations
 
 import argparse
 
-from . import generate, loader, train
+from . import generate, loader, parity, train
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
@@ -39,3 +39,5 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--batch", type=int, default=32, help="segments per domain and step")
     d.add_argument("--workers", type=int, default=2, help="loader processes of the second run")
     d.set_defaults(func=loader.run)
+
+    parity.register(which)

@@ -1,12 +1,12 @@
 """``python -m umt_core bench train``: seconds per training step, audio samples/s and
-memory of the reference-exact eager step and of the step `umt_core.train` runs,
-measured in the same run, plus a check that both compute the same losses and
-gradients.
+memory of the reference-exact eager step and of the step `umt_core.train` runs, in fp32
+and in bf16 autocast (``train.precision``), measured in the same run, plus a check that
+the reference and the fp32 step compute the same losses and gradients.
 
 A step here is the reference's unit of work: one batch of ``--batch`` segments of
 ``--segment`` samples from one domain, a classifier update and an encoder+decoder
-update. The two paths alternate step by step (after one warm-up step each), so on a
-shared machine both see the same load; the medians are reported. Memory: the bytes of
+update. The three rows alternate step by step (after one warm-up step each), so on a
+shared machine all see the same load; the medians are reported. Memory: the bytes of
 activations each path keeps for its backward pass (counted exactly, with saved-tensor
 hooks, during its warm-up step), the process's peak resident memory, and on CUDA the
 peak allocated memory of each path's steps.
@@ -35,18 +35,25 @@ from ..model import N_CLASSES, UMTN
 from ..train import ProcessGroup, RunFiles, Trainer
 
 PATHS = {
-    "reference": "eager, as the reference: conditioning 1x1 convs at audio rate, separate "
-                 "residual/skip convs, backward through the encoder in the classifier update",
+    "reference": "eager, as the reference (fp32): conditioning 1x1 convs at audio rate, "
+                 "separate residual/skip convs, backward through the encoder in the "
+                 "classifier update",
     "optimized": "umt_core.train's step: time-major matrix products, conditioning per latent "
-                 "frame, one residual+skip product, detached latent for the classifier",
+                 "frame, one residual+skip product, detached latent for the classifier; "
+                 "fp32, and bf16 autocast with fp32 weights and optimizer states "
+                 "(train.precision)",
 }
+# The rows of the table: (row, path, train.precision)
+ROWS = (("reference", "reference", "fp32"), ("optimized fp32", "optimized", "fp32"),
+        ("optimized bf16", "optimized", "bf16"))
 
 
 def _config(preset_name: str, domains: int, batch: int, segment: int,
-            deterministic: bool = True) -> Config:
+            deterministic: bool = True, precision: str = "fp32") -> Config:
     cfg = preset(preset_name, {"train.batch_per_domain": batch, "train.segment_samples": segment,
                                "train.schedule": "round_robin", "train.augment": False,
-                               "train.deterministic": deterministic})
+                               "train.deterministic": deterministic,
+                               "train.precision": precision})
     cfg.domains = [f"domain{i}" for i in range(domains)]
     return cfg
 
@@ -89,9 +96,11 @@ def _reference_runner(cfg: Config, device: torch.device, clean, aug):
     opt_clf = torch.optim.Adam(model.domain_classifier.parameters(), lr=cfg.train.lr)
     count = [0]
 
-    def step() -> None:
-        reference_step(model, opt_model, opt_clf, clean, aug, count[0] % len(cfg.domains), cfg)
+    def step() -> float:
+        loss = reference_step(model, opt_model, opt_clf, clean, aug,
+                              count[0] % len(cfg.domains), cfg)
         count[0] += 1
+        return loss
 
     return step, None
 
@@ -104,8 +113,9 @@ def _optimized_runner(cfg: Config, device: torch.device, clean, aug):
     files = RunFiles(nowhere, active=False, progress=False, on_event=None)
     trainer = Trainer(cfg, nowhere, data, data, None, ProcessGroup(), files)
 
-    def step() -> None:
+    def step() -> float:
         trainer.train_step([(trainer.step_domains(trainer.step)[0], clean, aug)])
+        return trainer.last_step_loss
 
     return step, trainer
 
@@ -128,12 +138,15 @@ def _count_saved_bytes(out: list[int]):
 
 def measure(preset_name: str, domains: int, batch: int, segment: int, repeats: int,
             device_name: str, deterministic: bool = True) -> dict[str, dict[str, Any]]:
-    """Alternate steps of both paths; per path: step times, activation bytes, CUDA peak."""
+    """Alternate steps of the rows (`ROWS`); per row: step times, activation bytes, CUDA
+    peak."""
     device = resolve_device(device_name)
-    cfg = _config(preset_name, domains, batch, segment, deterministic)
     clean, aug = _codes(batch, segment, device)
-    runners = {"reference": _reference_runner(cfg, device, clean, aug),
-               "optimized": _optimized_runner(cfg, device, clean, aug)}
+    runners = {}
+    for row, path, precision in ROWS:
+        cfg = _config(preset_name, domains, batch, segment, deterministic, precision)
+        make = _reference_runner if path == "reference" else _optimized_runner
+        runners[row] = make(cfg, device, clean, aug)
     results: dict[str, dict[str, Any]] = {p: {"times": [], "cuda_peak": 0} for p in runners}
 
     def timed(path: str) -> float:
@@ -141,7 +154,7 @@ def measure(preset_name: str, domains: int, batch: int, segment: int, repeats: i
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        runners[path][0]()
+        results[path].setdefault("first_loss", runners[path][0]())
         if device.type == "cuda":
             torch.cuda.synchronize()
             results[path]["cuda_peak"] = max(results[path]["cuda_peak"],
@@ -159,7 +172,6 @@ def measure(preset_name: str, domains: int, batch: int, segment: int, repeats: i
     for path, r in results.items():
         r["seconds_per_step"] = statistics.median(r["times"])
         r["samples_per_s"] = batch * segment / r["seconds_per_step"]
-        r["bf16"] = device.type == "cuda" and cfg.train.bf16 and path == "optimized"
         trainer = runners[path][1]
         if trainer is not None:
             r["skipped"] = trainer.n_skipped
@@ -205,12 +217,12 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     batch = args.batch
     if device.type == "cuda" and batch < 32:
-        print(f"note: on CUDA the figure of interest is --batch 32 (bf16); running {batch}")
+        print(f"note: on CUDA the figure of interest is --batch 32; running {batch}")
     where = (f"{torch.cuda.get_device_name(device)}" if device.type == "cuda"
-             else f"cpu, fp32, {torch.get_num_threads()} threads")
+             else f"cpu, {torch.get_num_threads()} threads")
     load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     print(f"bench train: preset {args.preset}, {batch} x {args.segment} samples of one domain per "
-          f"step ({args.domains} decoders), {where}{load}; the paths alternate, median of "
+          f"step ({args.domains} decoders), {where}{load}; the rows alternate, median of "
           f"{args.repeats} steps each after one warm-up step", flush=True)
     deterministic = not getattr(args, "nondeterministic", False)
     if device.type == "cuda":
@@ -219,23 +231,25 @@ def run(args: argparse.Namespace) -> int:
     rows = measure(args.preset, args.domains, batch, args.segment, args.repeats, args.device,
                    deterministic)
     cuda = device.type == "cuda"
-    head = f"{'path':<10} {'s/step':>8} {'samples/s':>10} {'activations':>12}"
+    ref = rows["reference"]
+    head = (f"{'path':<15} {'s/step':>8} {'samples/s':>10} {'speed-up':>8} {'activations':>12}"
+            f" {'first loss':>10}")
     print(head + (f" {'peak CUDA':>12}" if cuda else ""))
     for path, r in rows.items():
-        line = (f"{path:<10} {r['seconds_per_step']:>8.3f} {r['samples_per_s']:>10,.0f} "
-                f"{_mib(r['activation_bytes']):>12}")
+        line = (f"{path:<15} {r['seconds_per_step']:>8.3f} {r['samples_per_s']:>10,.0f} "
+                f"{ref['seconds_per_step'] / r['seconds_per_step']:>7.2f}x "
+                f"{_mib(r['activation_bytes']):>12} {r['first_loss']:>10.4f}")
         if cuda:
             line += f" {_mib(r['cuda_peak']):>12}"
-        print(line + ("  bf16" if r["bf16"] else ""))
+        print(line)
     for path, what in PATHS.items():
         print(f"  {path}: {what}")
-    ref, opt = rows["reference"], rows["optimized"]
-    print(f"step times (s): reference {[round(t, 3) for t in ref['times']]}, optimized "
-          f"{[round(t, 3) for t in opt['times']]}")
+    print("  speed-up: over the reference in this run; first loss: reconstruction loss of "
+          "the warm-up step (same weights and batch)")
+    print("step times (s): " + "; ".join(f"{p} {[round(t, 3) for t in r['times']]}"
+                                          for p, r in rows.items()))
     print(f"process peak resident memory: "
-          f"{_mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}")
-    print(f"speed-up of optimized over reference: "
-          f"{ref['seconds_per_step'] / opt['seconds_per_step']:.2f}x", flush=True)
+          f"{_mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}", flush=True)
     check = check_equal(args.preset, args.domains, batch, args.segment, args.device)
     ok = check["recon_loss_abs_diff"] < 1e-4 and check["max_grad_rel_diff"] < 1e-3
     print(f"equality (fp32, same weights and batch): recon loss {check['recon_loss_reference']:.6f}"
@@ -243,6 +257,7 @@ def run(args: argparse.Namespace) -> int:
           f"{check['adv_loss_abs_diff']:.2e}, max relative gradient diff "
           f"{check['max_grad_rel_diff']:.2e}: "
           f"{'equal within float tolerance' if ok else 'DIFFERENT'}")
-    if opt.get("skipped"):
-        print(f"warning: the divergence guard skipped {opt['skipped']} timed steps")
+    for path, r in rows.items():
+        if r.get("skipped"):
+            print(f"warning: the divergence guard skipped {r['skipped']} timed steps of {path}")
     return 0 if ok else 1
