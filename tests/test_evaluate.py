@@ -260,3 +260,25 @@ def test_evaluate_command_end_to_end(tmp_path, smoke_config, monkeypatch, capsys
     assert result["confusion"]["translation"].keys() == set(domains)
     assert "classifier_heldout_accuracy" in result["key_figures"]
     assert "Latent domain probe" in capsys.readouterr().out
+
+
+def test_chunked_and_sequential_translation_give_the_same_figures(data, classifier,
+                                                                  smoke_config):
+    """The evaluation's figures of one model translating the same test clips in one
+    piece and in cross-faded chunks agree within their 95% intervals."""
+    from umt_core.model import UMTN
+    from umt_core.train_parity import compare_figures, evaluation_figures
+
+    torch.manual_seed(0)
+    smoke_config.domains = ["piano", "cello", "flute"]
+    model = UMTN(smoke_config).eval()
+    figures = {}
+    for chunk in (0, 1024):
+        translator = ev.model_translator(model, seed=3, chunk_samples=chunk,
+                                         overlap_samples=128)
+        result = ev.evaluate(model, data, sources=["piano", "cello"], targets=["flute"],
+                             clips=2, seconds=SECONDS, classifier=classifier,
+                             translator=translator, probe_segments=0)
+        figures[chunk] = evaluation_figures(result.clips)
+    assert figures[0].keys() == figures[1024].keys() and "chroma" in figures[0]
+    assert all(compare_figures(figures[0], figures[1024]).values()), figures

@@ -3,6 +3,7 @@ optimizer states, exact resume in bf16, and old configs (train.bf16) still loadi
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from test_train import _same, kill_and_resume, smoke, synthetic_domains
@@ -137,3 +138,15 @@ def test_a_run_stored_with_the_old_flag_resumes_exactly_on_the_cpu(tmp_path, dat
     assert resumed["steps"] == 4
     assert _same(load_checkpoint(straight["last_checkpoint"])["model"],
                  load_checkpoint(resumed["last_checkpoint"])["model"])
+
+
+def test_parity_intervals_and_their_comparison():
+    from umt_core.train_parity import compare_figures, interval
+
+    mean, lo, hi = interval(np.array([0, 0, 0, 0]), binary=True)
+    assert mean == 0 and lo == pytest.approx(0, abs=1e-12) and 0.4 < hi < 0.6  # Wilson, n=4
+    mean, lo, hi = interval(np.array([1.0, 2.0, 3.0, np.nan]), binary=False)
+    assert mean == 2.0 and hi - mean == pytest.approx(mean - lo) == pytest.approx(1.96 / 3**0.5)
+    a = {"chroma": (0.5, 0.4, 0.6)}
+    assert compare_figures(a, {"chroma": (0.65, 0.55, 0.75)}) == {"chroma": True}
+    assert compare_figures(a, {"chroma": (0.8, 0.7, 0.9)}) == {"chroma": False}

@@ -529,11 +529,17 @@ Translator = Callable[[list[np.ndarray], str, list[str], list[str]], dict[str, l
 
 
 def model_translator(model, *, temperature: float = 1.0, seed: int = 0,
-                     progress: bool = False) -> Translator:
-    """Translate with `umt_core.generate.translate` (batched over the clips)."""
+                     progress: bool = False, chunk_samples: int = 0,
+                     overlap_samples: int | None = None) -> Translator:
+    """Translate with `umt_core.generate.translate` (batched over the clips). Each clip
+    in one piece by default, as the study's figures were made (the clips are short
+    and already a batch); `chunk_samples` > 0 translates clips longer than that in
+    cross-faded chunks (`umt_core.generate.chunked`)."""
+
     def run(audio: list[np.ndarray], source: str, stems: list[str], targets: list[str]):
         out = translate(model, audio, model.config.sample_rate, targets,
-                        temperature=temperature, seed=seed, progress=progress)
+                        temperature=temperature, seed=seed, progress=progress,
+                        chunk_samples=chunk_samples, overlap_samples=overlap_samples)
         return {t: [_as_audio(a) for a in out[t]] for t in targets}
 
     return run

@@ -34,6 +34,7 @@ from ..audio import load_audio, mu_law_decode, mu_law_encode, resample, save_aud
 from ..checkpoint import load_model
 from ..device import resolve_device
 from ..model import UMTN, Encoder, WaveNetDecoder
+from .chunked import Chunking, translate_chunked
 from .cpu import CppStep, cpp_kernel
 from .steps import Chunk, EagerStep, Layout, State, TorchStep
 
@@ -130,12 +131,14 @@ class IncrementalDecoder:
 
     @torch.no_grad()
     def run(self, steps: int, *, temperature: float = 1.0,
-            generator: torch.Generator | None = None, forced: torch.Tensor | None = None,
+            generator: torch.Generator | Sequence[torch.Generator] | None = None,
+            forced: torch.Tensor | None = None,
             return_logits: bool = False, progress: bool = False
             ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Advance `steps` samples. Returns codes (D, B, steps) and, on request, the
         logits (D, B, 256, steps). ``forced`` (B, steps) or (D, B, steps) feeds given
-        codes instead of sampled ones (teacher forcing)."""
+        codes instead of sampled ones (teacher forcing). `generator`: one for all rows,
+        or one per clip (B), each drawing its clip's D rows as that clip alone would."""
         if temperature < 0:
             raise ValueError("temperature must be >= 0 (0 = greedy)")
         rows = self.D * self.B
@@ -149,6 +152,8 @@ class IncrementalDecoder:
         sample = forced is None and temperature > 0
         if sample and generator is None:
             generator = torch.Generator().manual_seed(0)
+        if sample and not isinstance(generator, torch.Generator) and len(generator) != self.B:
+            raise ValueError(f"{len(generator)} generators for {self.B} clips")
         codes, logits = [], []
         bar = _progress(steps, progress)
         done = 0
@@ -160,7 +165,7 @@ class IncrementalDecoder:
             cond, head = self._conditioning(f0, f1)
             uniforms = None
             if sample:  # time-major draws: the same numbers whatever the chunking
-                uniforms = torch.rand(n, rows, generator=generator).t().to(self.device)
+                uniforms = _uniforms(generator, n, self.D, self.B).to(self.device)
             c = Chunk(cond=cond, head=head, frame_of_step=(frames - f0).to(self.device), steps=n,
                       uniforms=uniforms,
                       forced=None if forced is None else forced[:, done:done + n],
@@ -180,6 +185,16 @@ class IncrementalDecoder:
         if return_logits:
             logits_t = torch.cat(logits, 1).view(self.D, self.B, steps, -1).permute(0, 1, 3, 2)
         return codes_t, logits_t
+
+
+def _uniforms(generator: torch.Generator | Sequence[torch.Generator], n: int, d: int,
+              b: int) -> torch.Tensor:
+    """(D * B, n) uniform draws, row d * B + b; with one generator per clip, clip b's
+    rows are drawn time-major from its own generator, as if it were alone."""
+    if isinstance(generator, torch.Generator):
+        return torch.rand(n, d * b, generator=generator).t()
+    per_clip = torch.stack([torch.rand(n, d, generator=g) for g in generator], 2)
+    return per_clip.reshape(n, d * b).t()
 
 
 def _progress(total: int, enabled: bool):
@@ -232,18 +247,27 @@ def encode(model: UMTN | Encoder, codes: torch.Tensor, *, chunk_frames: int = 64
     """``encoder(codes)`` computed over windows of `chunk_frames` latent frames with
     enough context on both sides that the result is the same as one pass."""
     encoder = model.encoder if isinstance(model, UMTN) else model
+    return encode_windows(encoder, lambda lo, hi: codes[..., lo:hi], codes.shape[-1],
+                          chunk_frames=chunk_frames)
+
+
+@torch.no_grad()
+def encode_windows(encoder: Encoder, codes_of, length: int, *,
+                   chunk_frames: int = 64) -> torch.Tensor:
+    """`encode` of `length` samples whose codes ``codes_of(lo, hi)`` gives window by
+    window (B, hi - lo), so that only one window of codes is held at a time."""
     pool = encoder.pool.kernel_size
     pool = pool[0] if isinstance(pool, tuple) else pool
-    frames = codes.shape[-1] // pool
+    frames = length // pool
     if frames <= chunk_frames:
-        return encoder(codes)
+        return encoder(codes_of(0, length))
     ctx = -(-_encoder_margin(encoder) // pool)  # context, in whole frames
     parts = []
     for a in range(0, frames, chunk_frames):
         b = min(a + chunk_frames, frames)
         lo = max(a - ctx, 0)
-        hi = min((b + ctx) * pool, codes.shape[-1])
-        z = encoder(codes[..., lo * pool:hi])
+        hi = min((b + ctx) * pool, length)
+        z = encoder(codes_of(lo * pool, hi))
         parts.append(z[..., a - lo:b - lo])
     return torch.cat(parts, -1)
 
@@ -284,12 +308,19 @@ def _target_names(model: UMTN, targets) -> tuple[list[int], list[str]]:
 def translate(model: UMTN, audio, sample_rate: int, targets, *, temperature: float = 1.0,
               seed: int = 0, seconds: float | None = None, output_rate: int | None = None,
               progress: bool = False, method: str = "auto", precision: str = "float32",
-              chunk: int | None = None) -> dict:
+              steps_per_call: int | None = None, chunk_samples: int | None = None,
+              overlap_samples: int | None = None, chunk_batch: int | None = None) -> dict:
     """Translate audio to each target domain (name or index).
 
     `audio` is a 1-D float array at `sample_rate`, or a list of them or a 2-D array
     (translated as one batch: each clip is zero-padded to the longest and its outputs
     trimmed back).
+    An input longer than a chunk (`chunk_samples` at the model's rate; default about
+    1 s, see `umt_core.generate.chunked`) is cut into chunks that overlap by `overlap_samples`,
+    generated in parallel, `chunk_batch` at a time across all clips, and cross-faded;
+    ``chunk_samples=0`` generates every clip in one piece instead.
+    `steps_per_call`: samples per call of the generation step (memory of the
+    conditioning), not a change of the result.
     Returns {target name: array} (or {target name: [array per clip]}) at the model's
     sample rate, or at `output_rate`; each output has the input's duration, in samples
     exactly when the rates agree. `seconds` keeps only the first seconds of each clip.
@@ -309,6 +340,16 @@ def translate(model: UMTN, audio, sample_rate: int, targets, *, temperature: flo
     rate, pool = cfg.sample_rate, cfg.model.pool
     at_model = [resample(c, sample_rate, rate) for c in clips]
     lengths = [len(c) for c in at_model]
+    chunking = None
+    if chunk_samples != 0:
+        chunking = Chunking.for_model(cfg, chunk_samples, overlap_samples, chunk_batch)
+        if max(lengths) <= chunking.length:
+            chunking = None  # one chunk per clip: the sequential batch below
+    if chunking is not None:
+        wave = translate_chunked(model, at_model, indices, chunking, temperature=temperature,
+                                 seed=seed, method=method, precision=precision,
+                                 steps_per_call=steps_per_call, progress=progress)
+        return _outputs(wave, names, clips, lengths, sample_rate, rate, output_rate, single)
     padded = max(1, max(-(-n // pool) for n in lengths)) * pool
     batch = np.zeros((len(clips), padded), dtype=np.float32)
     for b, c in enumerate(at_model):
@@ -317,14 +358,22 @@ def translate(model: UMTN, audio, sample_rate: int, targets, *, temperature: flo
     codes = mu_law_encode(torch.from_numpy(batch), cfg.mu_law).to(device)
     z = encode(model, codes)
     out = generate([model.decoder(k) for k in indices], z, padded, temperature=temperature,
-                   seed=seed, method=method, precision=precision, chunk=chunk,
+                   seed=seed, method=method, precision=precision, chunk=steps_per_call,
                    progress=progress)
     wave = mu_law_decode(out.cpu(), cfg.mu_law).numpy()
+    return _outputs([wave[:, b] for b in range(len(clips))], names, clips, lengths,
+                    sample_rate, rate, output_rate, single)
+
+
+def _outputs(wave: Sequence[np.ndarray], names: list[str], clips: list[np.ndarray],
+             lengths: list[int], sample_rate: int, rate: int, output_rate: int | None,
+             single: bool) -> dict:
+    """{target: array or [array per clip]} from per-clip (D, samples) model-rate audio."""
     result: dict = {}
     for d, name in enumerate(names):
         per_clip = []
         for b, n in enumerate(lengths):
-            y = wave[d, b, :n]
+            y = wave[b][d, :n]
             if output_rate is not None and output_rate != rate:
                 y = resample(y, rate, output_rate)
             if output_rate is not None:
@@ -359,6 +408,14 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default="auto", choices=METHODS)
     p.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
                    help="weights of the C++ CPU kernel")
+    p.add_argument("--chunk", type=int, default=None, metavar="SAMPLES",
+                   help="chunk length at the model's rate for parallel generation of long "
+                        "inputs (default: about 1 s, at least a training segment; 0 = "
+                        "each file in one piece)")
+    p.add_argument("--overlap", type=int, default=None, metavar="SAMPLES",
+                   help="cross-faded overlap of consecutive chunks (default: about 50 ms)")
+    p.add_argument("--chunk-batch", type=int, default=None, metavar="N",
+                   help="chunks generated together, across files (default: 32)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cli_translate)
@@ -378,7 +435,8 @@ def _cli_translate(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     out = translate(model, clips, rate, names, temperature=args.temperature, seed=args.seed,
                     seconds=args.seconds, progress=not args.quiet, method=args.method,
-                    precision=args.precision)
+                    precision=args.precision, chunk_samples=args.chunk,
+                    overlap_samples=args.overlap, chunk_batch=args.chunk_batch)
     elapsed = time.perf_counter() - t0
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
