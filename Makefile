@@ -49,9 +49,11 @@ study: setup
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
+# The three benchmarks on the paper configuration; each measures its baseline in the same run.
 bench: setup
-	$(PY) -m umt_core bench train --preset paper --batch 2 --segment 12000
+	$(PY) -m umt_core bench train --preset paper --batch 2 --segment 12000 --repeats 3
 	$(PY) -m umt_core bench generate --preset paper --batch 1 8 32
+	$(PY) -m umt_core bench translate --preset paper --seconds 60
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,5 +1,5 @@
-"""Where the work runs: the device a name stands for, the CPU's name, and exact fp32
-products on CUDA."""
+"""Where the work runs: the device a name stands for, the CPU's name, whether it has bf16
+instructions, and exact fp32 products on CUDA."""
 
 from __future__ import annotations
 
@@ -28,6 +28,15 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 products on this CPU's own instructions (AVX-512 BF16 or
+    AMX); elsewhere bf16 autocast is emulated and slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 @contextlib.contextmanager

@@ -80,6 +80,7 @@ from . import forward as fw
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .config import PRECISIONS, Config, apply_overrides, parse_overrides, preset
 from .data.sampling import TRAIN_STREAM, VALIDATION_STREAM, DomainAudio, SegmentSampler, prefetch
+from .device import cpu_has_native_bf16
 from .metrics import read_metrics
 from .model import N_CLASSES, UMTN, UNIFORM_LOSS, copy_shared_weights
 from .paths import atomic_path, resolve, write_text_atomic
@@ -405,6 +406,10 @@ class Trainer:
         self.val_sampler = SegmentSampler(val_data, self.tc.segment_samples, self.tc.seed,
                                           cfg.mu_law, None)
         self.use_bf16 = self.tc.precision == "bf16"  # autocast; weights stay fp32
+        if self.use_bf16 and self.device.type == "cpu" and not cpu_has_native_bf16():
+            files.log.warning("train.precision bf16: this CPU has no bf16 instructions "
+                              "(AVX-512 BF16 or AMX), so bf16 products are emulated and "
+                              "slower than fp32")
         self.step = 0
         self.best_val = math.inf
         self.window: deque[float] = deque(maxlen=self.tc.spike_window)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import generate, loader, parity, train
+from . import generate, loader, parity, train, translate
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
@@ -40,4 +40,5 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--workers", type=int, default=2, help="loader processes of the second run")
     d.set_defaults(func=loader.run)
 
+    translate.register(which)
     parity.register(which)

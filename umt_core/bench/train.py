@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .. import forward as fw
 from ..config import Config, preset
 from ..data.sampling import DomainAudio
-from ..device import exact_fp32, resolve_device
+from ..device import cpu_has_native_bf16, exact_fp32, resolve_device
 from ..model import N_CLASSES, UMTN
 from ..train import ProcessGroup, RunFiles, Trainer
 
@@ -218,8 +218,9 @@ def run(args: argparse.Namespace) -> int:
     batch = args.batch
     if device.type == "cuda" and batch < 32:
         print(f"note: on CUDA the figure of interest is --batch 32; running {batch}")
+    native = "native bf16" if cpu_has_native_bf16() else "bf16 emulated (no AVX-512 BF16/AMX)"
     where = (f"{torch.cuda.get_device_name(device)}" if device.type == "cuda"
-             else f"cpu, {torch.get_num_threads()} threads")
+             else f"cpu, {torch.get_num_threads()} threads, {native}")
     load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     print(f"bench train: preset {args.preset}, {batch} x {args.segment} samples of one domain per "
           f"step ({args.domains} decoders), {where}{load}; the rows alternate, median of "

@@ -424,41 +424,57 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 def _cli_translate(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint, map_location=resolve_device(args.device))
     targets = [int(t) if t.isdigit() and t not in model.domains else t for t in args.to]
+    t0 = time.perf_counter()
+    paths, samples = translate_files(
+        model, args.input, targets, args.out_dir, output_rate=args.output_rate,
+        seconds=args.seconds, temperature=args.temperature, seed=args.seed,
+        progress=not args.quiet, method=args.method, precision=args.precision,
+        chunk_samples=args.chunk, overlap_samples=args.overlap, chunk_batch=args.chunk_batch)
+    elapsed = time.perf_counter() - t0
+    for path in paths:
+        print(path)
+    rate = model.config.sample_rate
+    print(f"{len(args.input)} input(s) x {len(set(targets))} target(s): {samples / rate:.2f} s "
+          f"of audio in {elapsed:.1f} s, reading and writing included "
+          f"({samples / max(elapsed, 1e-9):,.0f} samples/s)", file=sys.stderr)
+    return 0
+
+
+def translate_files(model: UMTN, inputs: Sequence[str | Path], targets, out_dir: str | Path, *,
+                    output_rate: str | int = "model", seconds: float | None = None,
+                    **options) -> tuple[list[Path], int]:
+    """Read audio files, translate them (`translate` with `options`) and write
+    ``<stem>_to_<domain>.wav`` into `out_dir` at the model's rate, each input's own
+    (``output_rate="input"``) or a given rate. Returns the paths written and the
+    number of model-rate samples translated."""
     _, names = _target_names(model, targets)  # unknown domains fail before any work
-    inputs = [Path(p) for p in args.input]
+    inputs = [Path(p) for p in inputs]
     stems = [p.stem for p in inputs]
     if len(set(stems)) != len(stems):
         raise ValueError(f"inputs must have distinct file names (stems), got {stems}")
     rate = model.config.sample_rate
     loaded = [load_audio(p) for p in inputs]  # AudioError names an unreadable file
     clips = [resample(a, sr, rate) for a, sr in loaded]
-    t0 = time.perf_counter()
-    out = translate(model, clips, rate, names, temperature=args.temperature, seed=args.seed,
-                    seconds=args.seconds, progress=not args.quiet, method=args.method,
-                    precision=args.precision, chunk_samples=args.chunk,
-                    overlap_samples=args.overlap, chunk_batch=args.chunk_batch)
-    elapsed = time.perf_counter() - t0
-    out_dir = Path(args.out_dir)
+    out = translate(model, clips, rate, names, seconds=seconds, **options)
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    samples = 0
+    samples, paths = 0, []
     for name in names:
         for stem, (a, sr), y in zip(stems, loaded, out[name]):
             samples += len(y)
-            if args.output_rate == "model":
+            if output_rate == "model":
                 write_rate = rate
             else:
-                write_rate = sr if args.output_rate == "input" else int(args.output_rate)
-                n = len(a) if args.seconds is None else min(len(a), round(args.seconds * sr))
+                write_rate = sr if output_rate == "input" else int(output_rate)
+                n = len(a) if seconds is None else min(len(a), round(seconds * sr))
                 y = _fit(resample(y, rate, write_rate), round(n * write_rate / sr))
             path = out_dir / f"{stem}_to_{name}.wav"
             save_audio(path, y, write_rate)
-            print(path)
-    print(f"{len(inputs)} input(s) x {len(names)} target(s): {samples / rate:.2f} s of audio "
-          f"in {elapsed:.1f} s ({samples / max(elapsed, 1e-9):,.0f} samples/s)", file=sys.stderr)
-    return 0
+            paths.append(path)
+    return paths, samples
 
 
 __all__ = [
     "IncrementalDecoder", "encode", "generate", "reconstruct", "resolve_method",
-    "teacher_forced_logits", "translate",
+    "teacher_forced_logits", "translate", "translate_files",
 ]
