@@ -94,7 +94,7 @@ def test_every_chunk_is_the_generation_of_its_own_span_from_an_empty_history(mod
             if i:  # the seam: the previous chunk's tail fading out under this one's head
                 tail, head = own[i - 1][d, -OVERLAP:], own[i][d, :OVERLAP]
                 w_out, w_in = seam_weights(tail, head)
-                mix = tail * w_out + head * w_in
+                mix = np.clip(tail * w_out + head * w_in, -1, 1)
                 n = min(OVERLAP, len(clip) - s)
                 np.testing.assert_allclose(y[s:s + n], mix[:n], rtol=0, atol=1e-6)
     assert len({chunk_seed(9, i) for i in range(len(parts))}) == len(parts)
@@ -197,3 +197,59 @@ def test_seam_weights_keep_the_level_of_independent_and_of_identical_signals():
     w_out, w_in = seam_weights(a, a)
     np.testing.assert_allclose(w_out + w_in, 1.0, atol=1e-5)  # identical: amplitude
     assert w_in[0] < 0.01 and w_out[-1] < 0.01 and np.all(np.diff(w_in) > 0)
+
+
+def test_generation_state_is_bounded_by_the_batch_not_the_length(model, monkeypatch):
+    """However long the input, no generation step holds more than `chunk_batch` chunks
+    of `chunk_samples` samples."""
+    from umt_core import generate as gen
+
+    sizes = []
+    real = gen.IncrementalDecoder
+
+    class Recording(real):
+        def __init__(self, decoders, z, length, **kw):
+            super().__init__(decoders, z, length, **kw)
+            sizes.append((self.state.rows, length))
+
+    monkeypatch.setattr(gen, "IncrementalDecoder", Recording)
+    rate = model.config.sample_rate
+    out = chunked(model, [melody(20000, rate, 7), melody(9000, rate, 8)], ["piano", "cello"],
+                  chunk_batch=8)
+    assert [len(y) for y in out["piano"]] == [20000, 9000]
+    assert len(sizes) == -(-(len(spans(20000, 512, 64)) + len(spans(9008, 512, 64))) // 8)
+    assert all(rows <= 8 * 2 and steps <= LENGTH for rows, steps in sizes)
+
+
+def test_translate_command_takes_the_chunk_options(tmp_path, model):
+    import soundfile as sf
+
+    from umt_core.__main__ import main
+    from umt_core.audio import save_audio
+    from umt_core.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint({"config": model.config.to_dict(), "model": model.state_dict()}, ckpt)
+    rate = model.config.sample_rate
+    clip = melody(2500, rate, 9)
+    save_audio(tmp_path / "in.wav", clip, rate)
+    args = ["translate", "--checkpoint", str(ckpt), "--input", str(tmp_path / "in.wav"),
+            "--to", "cello", "--seed", "5", "--quiet", "--chunk", str(LENGTH),
+            "--overlap", str(OVERLAP), "--chunk-batch", "2"]
+    assert main([*args, "--out-dir", str(tmp_path / "out")]) == 0
+    written, _ = sf.read(tmp_path / "out" / "in_to_cello.wav", dtype="float32")
+    read, _ = sf.read(tmp_path / "in.wav", dtype="float32")
+    expected = chunked(model, read, ["cello"])["cello"]
+    np.testing.assert_allclose(written, expected, rtol=0, atol=2 / 32768)  # 16-bit PCM
+    assert main([*args[:-6], "--chunk", "100", "--out-dir", str(tmp_path / "x")]) == 2
+
+
+def test_bench_translate_prints_every_row(capsys):
+    from umt_core.__main__ import main
+
+    assert main(["bench", "translate", "--preset", "smoke", "--seconds", "0.2", "--chunk",
+                 "1024", "--overlap", "64", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split()[:2] for line in out.splitlines()[2:]]
+    assert ["sequential", "fp32"] in rows and ["chunked", "fp32"] in rows
+    assert "real-time factor" in out

@@ -96,4 +96,6 @@ def test_bench_train_runs_both_paths_and_checks_equality(capsys):
                "--repeats", "1", "--device", "cpu"])
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert "reference" in out and "optimized" in out and "equal within float tolerance" in out
+    assert "reference" in out and "equal within float tolerance" in out
+    rows = {line.split()[1] for line in out.splitlines() if line.startswith("optimized ")}
+    assert rows == {"fp32", "bf16"}

@@ -129,7 +129,8 @@ def cross_fade(out: np.ndarray, piece: np.ndarray, start: int, overlap: int) -> 
     if overlap and start > 0:
         seam = slice(start, start + overlap)
         w_out, w_in = seam_weights(out[..., seam], piece[..., :overlap])
-        out[..., seam] = out[..., seam] * w_out + piece[..., :overlap] * w_in
+        mix = out[..., seam] * w_out + piece[..., :overlap] * w_in
+        out[..., seam] = np.clip(mix, -1.0, 1.0)  # the fade may lift a peak past full scale
         out[..., start + overlap:start + n] = piece[..., overlap:]
     else:
         out[..., start:start + n] = piece
