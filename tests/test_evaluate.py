@@ -266,8 +266,8 @@ def test_chunked_and_sequential_translation_give_the_same_figures(data, classifi
                                                                   smoke_config):
     """The evaluation's figures of one model translating the same test clips in one
     piece and in cross-faded chunks agree within their 95% intervals."""
+    from umt_core.bench.parity import compare_figures, evaluation_figures
     from umt_core.model import UMTN
-    from umt_core.train_parity import compare_figures, evaluation_figures
 
     torch.manual_seed(0)
     smoke_config.domains = ["piano", "cello", "flute"]

@@ -141,7 +141,7 @@ def test_a_run_stored_with_the_old_flag_resumes_exactly_on_the_cpu(tmp_path, dat
 
 
 def test_parity_intervals_and_their_comparison():
-    from umt_core.train_parity import compare_figures, interval
+    from umt_core.bench.parity import compare_figures, interval
 
     mean, lo, hi = interval(np.array([0, 0, 0, 0]), binary=True)
     assert mean == 0 and lo == pytest.approx(0, abs=1e-12) and 0.4 < hi < 0.6  # Wilson, n=4

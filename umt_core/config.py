@@ -130,7 +130,7 @@ def legacy_precision(train: dict[str, Any], trained_on: str | None = None) -> di
         return train
     train = dict(train)
     bf16 = train.pop("bf16")
-    if not isinstance(bf16, bool):
+    if bf16 is not True and bf16 is not False:
         raise ValueError(f"train.bf16 must be true or false, not {bf16!r}")
     if "precision" in train:
         raise ValueError("train.bf16 (old) and train.precision are both set; keep precision")
