@@ -35,9 +35,14 @@ from ..audio import mu_law_decode, mu_law_encode
 from ..config import Config
 from ..model import UMTN
 
-# Defaults, measured with `python -m umt_core bench translate` (see the README's speed
-# section): chunks of one second (never shorter than a training segment), 50 ms of
-# cross-fade, 32 chunks per batch (where the C++ kernel's samples/s level off).
+# Defaults. Batch: the C++ kernel's samples/s of the paper decoder level off between 8
+# and 32 rows (`bench generate`: +20% from 8 to 32, little beyond) while the decoders'
+# state grows by 32 MiB a row, so 32 chunks run together. Length: one second, never
+# shorter than a training segment: a 60 s file is 64 chunks, two full batches, with 5%
+# of its samples generated twice in the overlaps; shorter chunks would add overlap and
+# seams without a faster batch, longer ones leave short files with few rows. Overlap:
+# 50 ms, long enough that the fade's own slope is far below the audio's (a level step
+# of 0.5 spreads to under 1e-3 a sample at 16 kHz).
 CHUNK_SECONDS = 1.0
 OVERLAP_SECONDS = 0.05
 CHUNK_BATCH = 32
