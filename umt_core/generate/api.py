@@ -5,8 +5,11 @@ one audio sample at a time, from the target domain's WaveNet decoder. The decode
 is run incrementally: each layer keeps a ring buffer of its past inputs, the latent
 conditioning is projected once per latent frame, and D target decoders x B clips run
 together in one step (see `umt_core.generate.steps` and `umt_core.generate.cpu`).
-Long inputs are processed in chunks with the state carried across, so memory does
-not grow with the clip length beyond the output itself.
+A generation runs its samples in calls of up to `DEFAULT_CHUNK` steps with the state
+carried across. `translate` cuts an input longer than about a second into overlapping
+chunks that start from an empty history, generates them in parallel as one batch and
+cross-fades them (`umt_core.generate.chunked`); memory does not grow with the clip
+length beyond the output itself either way.
 
     codes = generate(model.decoder("cello"), z, length, temperature=1.0, seed=0)
     out = translate(model, audio, 16000, ["cello", "piano"])   # {"cello": array, ...}
@@ -316,8 +319,9 @@ def translate(model: UMTN, audio, sample_rate: int, targets, *, temperature: flo
     (translated as one batch: each clip is zero-padded to the longest and its outputs
     trimmed back).
     An input longer than a chunk (`chunk_samples` at the model's rate; default about
-    1 s, see `umt_core.generate.chunked`) is cut into chunks that overlap by `overlap_samples`,
-    generated in parallel, `chunk_batch` at a time across all clips, and cross-faded;
+    1 s, see `umt_core.generate.chunked`) is cut into chunks that overlap by
+    `overlap_samples`, generated in parallel, `chunk_batch` at a time across all clips,
+    and cross-faded;
     ``chunk_samples=0`` generates every clip in one piece instead.
     `steps_per_call`: samples per call of the generation step (memory of the
     conditioning), not a change of the result.
