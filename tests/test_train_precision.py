@@ -146,7 +146,7 @@ def test_parity_intervals_and_their_comparison():
     mean, lo, hi = interval(np.array([0, 0, 0, 0]), binary=True)
     assert mean == 0 and lo == pytest.approx(0, abs=1e-12) and 0.4 < hi < 0.6  # Wilson, n=4
     mean, lo, hi = interval(np.array([1.0, 2.0, 3.0, np.nan]), binary=False)
-    assert mean == 2.0 and hi - mean == pytest.approx(mean - lo) == pytest.approx(1.96 / 3**0.5)
+    assert mean == 2.0 and 1.0 <= lo < mean < hi <= 3.0  # bootstrap over the three values
     a = {"chroma": (0.5, 0.4, 0.6)}
     assert compare_figures(a, {"chroma": (0.65, 0.55, 0.75)}) == {"chroma": True}
     assert compare_figures(a, {"chroma": (0.8, 0.7, 0.9)}) == {"chroma": False}

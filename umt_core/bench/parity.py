@@ -5,8 +5,8 @@ steps, one per ``train.precision``; then, per run, the validation reconstruction
 each epoch and the evaluation (`umt_core.evaluate`) of its last checkpoint on the same
 test clips. Parity holds when the last validation loss of bf16 is within `tolerance`
 (relative) of fp32's and the 95% intervals of every headline figure of the two
-evaluations overlap (mean +- 1.96 standard errors over the clips; the intervals of
-yes/no figures are Wilson intervals).
+evaluations overlap (`umt_core.statistics`: Wilson intervals of the yes/no figures,
+bootstrap intervals over the clips of the others).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 
 from ..config import PRECISIONS, parse_overrides, preset
 from ..paths import resolve
+from ..statistics import bootstrap_mean, rate
 
 # Figures compared, per condition "translation": the evaluation's headline signals.
 FIGURES = ("classified_as_target", "chroma", "wave_corr", "closer_to_target", "noise",
@@ -28,21 +29,18 @@ FIGURES = ("classified_as_target", "chroma", "wave_corr", "closer_to_target", "n
 BINARY = {"classified_as_target", "closer_to_target", "noise", "success"}
 
 
-def interval(values: np.ndarray, binary: bool) -> tuple[float, float, float]:
-    """(mean, low, high): a 95% interval of the mean of `values` (NaN dropped)."""
+def interval(values: np.ndarray, binary: bool,
+             groups: np.ndarray | None = None) -> tuple[float, float, float]:
+    """(mean, low, high) of `values` (NaN dropped) with its 95% interval
+    (`umt_core.statistics`): Wilson for a yes/no figure, else a bootstrap over `groups`
+    (default: every value its own group)."""
     v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    n = len(v)
-    if n == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(v.mean())
-    z = 1.96
-    if binary:  # Wilson score interval: sensible at 0 and 1 with few clips
-        centre = (mean + z * z / (2 * n)) / (1 + z * z / n)
-        half = z * math.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-        return mean, centre - half, centre + half
-    half = z * float(v.std(ddof=1)) / math.sqrt(n) if n > 1 else math.inf
-    return mean, mean - half, mean + half
+    if binary:
+        r = rate(v.tolist())
+        return r["rate"], r["ci_low"], r["ci_high"]
+    g = np.arange(len(v)).astype(str) if groups is None else np.asarray(groups)
+    b = bootstrap_mean(v, g)
+    return b["mean"], b["ci_low"], b["ci_high"]
 
 
 def compare_figures(a: dict[str, tuple[float, float, float]],
@@ -52,20 +50,21 @@ def compare_figures(a: dict[str, tuple[float, float, float]],
     for k, (ma, la, ha) in a.items():
         mb, lb, hb = b[k]
         if math.isnan(ma) and math.isnan(mb):
-            out[k] = True
+            out[k] = True  # neither run has the figure
             continue
-        out[k] = bool(la <= hb and lb <= ha)
+        out[k] = bool(la <= hb and lb <= ha)  # False too where an interval is missing (NaN)
     return out
 
 
 def evaluation_figures(clips) -> dict[str, tuple[float, float, float]]:
     """Intervals of `FIGURES` over the translated clips of an `Evaluation.clips` table."""
     df = clips[clips.condition == "translation"]
+    groups = (df["source"].astype(str) + "/" + df["clip"].astype(str)).to_numpy()
     out = {}
     for f in FIGURES:
         if f in df:
             values = np.asarray(df[f].astype("Float64").to_numpy(dtype=float, na_value=np.nan))
-            out[f] = interval(values, f in BINARY)
+            out[f] = interval(values, f in BINARY, groups)
     return out
 
 
