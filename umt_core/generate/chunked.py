@@ -61,10 +61,6 @@ class Chunking:
     overlap: int
     batch: int = CHUNK_BATCH
 
-    @property
-    def hop(self) -> int:
-        return self.length - self.overlap
-
     @classmethod
     def for_model(cls, cfg: Config, length: int | None = None, overlap: int | None = None,
                   batch: int | None = None) -> Chunking:
