@@ -202,7 +202,7 @@ def test_seam_weights_keep_the_level_of_independent_and_of_identical_signals():
 def test_generation_state_is_bounded_by_the_batch_not_the_length(model, monkeypatch):
     """However long the input, no generation step holds more than `chunk_batch` chunks
     of `chunk_samples` samples."""
-    from umt_core.generate import api as gen
+    from umt_core.generate import chunked as gen
 
     sizes = []
     real = gen.IncrementalDecoder

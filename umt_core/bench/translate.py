@@ -25,8 +25,9 @@ import torch
 from ..audio import save_audio
 from ..config import preset
 from ..device import cpu_name, resolve_device
-from ..generate.api import resolve_method, translate_files
+from ..generate.api import translate_files
 from ..generate.chunked import Chunking
+from ..generate.incremental import resolve_method
 from ..model import UMTN
 
 

@@ -34,6 +34,7 @@ import torch
 from ..audio import mu_law_decode, mu_law_encode
 from ..config import Config
 from ..model import UMTN
+from .incremental import IncrementalDecoder, _progress, encode_windows
 
 # Defaults. Batch: the C++ kernel's samples/s of the paper decoder level off between 8
 # and 32 rows (`bench generate`: +20% from 8 to 32, little beyond) while the decoders'
@@ -143,8 +144,6 @@ def encode_audio(model: UMTN, audio: np.ndarray, padded: int, *,
     """The latent (1, latent, frames) of `audio` zero-padded to `padded` samples, the
     same windows and numbers as `umt_core.generate.encode` of its codes, but holding
     only one window of codes at a time."""
-    from .api import encode_windows
-
     mu_law = model.config.mu_law
     device = next(model.parameters()).device
 
@@ -165,8 +164,6 @@ def translate_chunked(model: UMTN, clips: Sequence[np.ndarray], decoders: Sequen
                       ) -> list[np.ndarray]:
     """Translate `clips` (1-D float arrays at the model's rate) with the decoders of the
     given indices: per clip a (D, samples) float32 array (see the module docstring)."""
-    from .api import IncrementalDecoder, _progress
-
     pool = model.config.model.pool
     mu_law = model.config.mu_law
     decs = [model.decoder(k) for k in decoders]
