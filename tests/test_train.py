@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from umt_core import forward as fw
+from umt_core import spectral
 from umt_core.checkpoint import load_checkpoint, load_model
 from umt_core.config import preset
 from umt_core.data.sampling import VALIDATION_STREAM, DomainAudio, SegmentSampler
@@ -59,6 +60,19 @@ def smoke(**overrides):
     return preset("smoke", overrides)
 
 
+# The loop's tests run for both decoder kinds; the spectral one at smoke size (a 64-sample
+# FFT: 33 bins, 17 frames of a 256-sample segment).
+SPECTRAL = {"model.decoder": "spectral", "model.spectral_n_fft": 64, "model.spectral_hop": 16,
+            "model.spectral_channels": 8, "model.spectral_layers": 2}
+DECODER_OVERRIDES = {"wavenet": {}, "spectral": SPECTRAL}
+
+
+@pytest.fixture(params=list(DECODER_OVERRIDES))
+def decoder(request) -> dict:
+    """Config overrides selecting each decoder kind in turn."""
+    return DECODER_OVERRIDES[request.param]
+
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -91,8 +105,8 @@ def _initial_state(cfg) -> dict[str, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------- what moves
-def test_round_robin_step_moves_only_its_decoder(tmp_path, data):
-    cfg = smoke(**{"train.schedule": "round_robin"})
+def test_round_robin_step_moves_only_its_decoder(tmp_path, data, decoder):
+    cfg = smoke(**decoder, **{"train.schedule": "round_robin"})
     init = _initial_state(cfg)
     names = _model_param_names(cfg)
     train(cfg, tmp_path, train_data=data, steps=1, progress=False)  # step 0 -> domain 0
@@ -113,8 +127,8 @@ def test_round_robin_step_moves_only_its_decoder(tmp_path, data):
     assert not _same(_params(two["model"], "encoder."), _params(one["model"], "encoder."))
 
 
-def test_default_schedule_moves_every_decoder(tmp_path, data):
-    cfg = smoke()
+def test_default_schedule_moves_every_decoder(tmp_path, data, decoder):
+    cfg = smoke(**decoder)
     init = _initial_state(cfg)
     train(cfg, tmp_path, train_data=data, steps=1, progress=False)
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
@@ -251,8 +265,8 @@ def kill_and_resume(tmp_path: Path, run: Path, steps: int, kill_at: int, overrid
                           capture_output=True, text=True).stdout
 
 
-def test_exact_resume_after_sigkill(tmp_path, data):
-    overrides = {"train.steps_per_epoch": 3}
+def test_exact_resume_after_sigkill(tmp_path, data, decoder):
+    overrides = {**decoder, "train.steps_per_epoch": 3}
     straight = tmp_path / "straight"
     train(smoke(**overrides), straight, train_data=data, steps=12, progress=False)
 
@@ -292,8 +306,8 @@ def test_resume_refuses_another_config_and_fresh_restarts(tmp_path, data):
 
 # --------------------------------------------------------------------------- divergence guard
 def test_nan_batch_and_spikes_are_skipped_and_persistent_divergence_rolls_back(
-        tmp_path, data, monkeypatch):
-    cfg = smoke(**{"train.steps_per_epoch": 5, "train.max_bad_steps": 3})
+        tmp_path, data, monkeypatch, decoder):
+    cfg = smoke(**decoder, **{"train.steps_per_epoch": 5, "train.max_bad_steps": 3})
     real_segment = SegmentSampler.segment
 
     def segment(self, domain, index, step, stream=0):
@@ -309,14 +323,22 @@ def test_nan_batch_and_spikes_are_skipped_and_persistent_divergence_rolls_back(
         if e["event"] in ("step", "skip"):
             current["step"] = e["step"] + 1
 
-    def recon_loss_sum(decoder, codes, z, fast=True, inputs=None):
-        loss = real_loss(decoder, codes, z, fast, inputs=inputs)
+    def spiked(loss):
         if torch.is_grad_enabled() and current["step"] in (10, 15, 16, 17):
             return loss * 100.0  # training only, not validation
         return loss
 
+    def recon_loss_sum(decoder, codes, z, fast=True, inputs=None):
+        return spiked(real_loss(decoder, codes, z, fast, inputs=inputs))
+
+    real_spectral = spectral.spectral_loss_sum
+
+    def spectral_loss_sum(decoder, codes, z, cfg, mu_law):
+        return spiked(real_spectral(decoder, codes, z, cfg, mu_law))
+
     monkeypatch.setattr(SegmentSampler, "segment", segment)
     monkeypatch.setattr(fw, "recon_loss_sum", recon_loss_sum)
+    monkeypatch.setattr(spectral, "spectral_loss_sum", spectral_loss_sum)
     summary = train(cfg, tmp_path, train_data=data, steps=20, progress=False,
                     on_event=on_event)
     events = read_metrics(tmp_path / "metrics.jsonl")
@@ -364,9 +386,9 @@ def test_validation_back_at_uniform_output_rolls_back(tmp_path, data, monkeypatc
 
 
 # --------------------------------------------------------------------------- distributed
-def test_two_gloo_processes_equal_one_process(tmp_path):
+def test_two_gloo_processes_equal_one_process(tmp_path, decoder):
     script = _script(tmp_path)
-    overrides = json.dumps({"train.steps_per_epoch": 2, "train.batch_per_domain": 3})
+    overrides = json.dumps({**decoder, "train.steps_per_epoch": 2, "train.batch_per_domain": 3})
     single = tmp_path / "single"
     subprocess.run([sys.executable, str(script), str(single), "4", "0", overrides],
                    env=_env("cpu"), check=True, capture_output=True)

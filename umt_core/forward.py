@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import Encoder, WaveNetDecoder, scale_codes, upsample_frames
+from . import spectral
+from .model import UMTN, Encoder, WaveNetDecoder, scale_codes, upsample_frames
 
 
 # --------------------------------------------------------------------------- reference
@@ -206,6 +207,17 @@ def recon_loss_sum(decoder: WaveNetDecoder, codes: torch.Tensor, z: torch.Tensor
                                reduction="sum")
     logits = reference_decode(decoder, inputs, z)
     return F.cross_entropy(logits.float(), codes, reduction="sum")
+
+
+def reconstruction_loss_sum(model: UMTN, domain: int, clean: torch.Tensor, z: torch.Tensor,
+                            inputs: torch.Tensor | None = None) -> torch.Tensor:
+    """The training loop's reconstruction term for either decoder kind: the WaveNet's
+    summed cross-entropy (teacher forced on `inputs`), or the spectral loss sum (the
+    spectral decoder reads only the latent, so `inputs` does not apply)."""
+    cfg = model.config
+    if cfg.model.decoder == "spectral":
+        return spectral.spectral_loss_sum(model.decoder(domain), clean, z, cfg.model, cfg.mu_law)
+    return recon_loss_sum(model.decoder(domain), clean, z, inputs=inputs)
 
 
 def encode(encoder: Encoder, codes: torch.Tensor, fast: bool = True) -> torch.Tensor:

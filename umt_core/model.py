@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import Config, ModelConfig
+from .spectral import SpectralDecoder, check_decoder_kind
 
 N_CLASSES = 256  # 8-bit mu-law codes 0..255
 # Nats: the cross-entropy of a uniform guess over the codes, where an untrained (or a
@@ -189,10 +190,11 @@ class UMTN(nn.Module):
         m = cfg.model
         self.encoder = Encoder(m)
         n_decoders = 1 if m.shared_decoder else len(self.domains)
-        self.decoders = nn.ModuleList([WaveNetDecoder(m) for _ in range(n_decoders)])
+        kind = SpectralDecoder if check_decoder_kind(m.decoder) == "spectral" else WaveNetDecoder
+        self.decoders = nn.ModuleList([kind(m) for _ in range(n_decoders)])
         self.domain_classifier = DomainClassifier(m, len(self.domains))
 
-    def decoder(self, domain: int | str) -> WaveNetDecoder:
+    def decoder(self, domain: int | str) -> WaveNetDecoder | SpectralDecoder:
         k = self.domain_index(domain)
         return self.decoders[0 if self.config.model.shared_decoder else k]
 

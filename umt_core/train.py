@@ -605,7 +605,7 @@ class Trainer:
                 inputs = corrupt_codes(clean, tc.input_corruption, tc.seed, self.step, d, idx)
                 with self._autocast():
                     z = fw.fast_encode(m.encoder, aug)
-                    recon = fw.recon_loss_sum(m.decoder(d), clean, z, inputs=inputs)
+                    recon = fw.reconstruction_loss_sum(m, d, clean, z, inputs=inputs)
                     adv = F.cross_entropy(m.domain_classifier(z).float(), target, reduction="sum")
                 loss = recon / (n_global * seg) - confusion * adv / n_global
                 loss.backward()
@@ -729,7 +729,7 @@ class Trainer:
                     clean = clean.to(self.device)
                     with self._autocast():
                         z = fw.fast_encode(m.encoder, clean)
-                        stats[d] += fw.recon_loss_sum(m.decoder(d), clean, z)
+                        stats[d] += fw.reconstruction_loss_sum(m, d, clean, z)
                         logits = m.domain_classifier(z)
                     stats[k + d] += clean.numel()
                     stats[2 * k] += (logits.argmax(1) == d).sum()
@@ -756,7 +756,8 @@ class Trainer:
         diverged = None
         if not math.isfinite(val_loss):
             diverged = "non-finite validation loss"
-        elif (self.best_val < UNIFORM_LOSS - LEARNED_MARGIN
+        elif (self.cfg.model.decoder == "wavenet"  # only a cross-entropy has a uniform level
+              and self.best_val < UNIFORM_LOSS - LEARNED_MARGIN
               and val_loss > UNIFORM_LOSS - self.tc.uniform_margin):
             diverged = f"validation loss {val_loss:.3f} is back at ln 256 (uniform output)"
         if diverged:
@@ -1064,7 +1065,7 @@ def launch_distributed(preset_name: str, manifest: str | Path, run_dir: str | Pa
 # --------------------------------------------------------------------------- CLI
 def register_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train (or resume) a model; torchrun-compatible")
-    p.add_argument("--preset", default="cpu", help="config preset: smoke, cpu or paper")
+    p.add_argument("--preset", default="cpu", help="config preset: smoke, cpu, cpu-spectral or paper")
     p.add_argument("--manifest", default="data_manifests/scores.yaml",
                    help="dataset manifest, prepared with `prep` (default: %(default)s)")
     p.add_argument("--run-dir", required=True, help="e.g. runs/cpu-scores")

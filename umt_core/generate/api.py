@@ -12,6 +12,12 @@ output itself either way.
     out = translate(model, audio, 16000, ["cello", "piano"])   # {"cello": array, ...}
 
     python -m umt_core translate --checkpoint C --input in.wav --to cello --out-dir D
+
+A model with spectral decoders (the ablation, `umt_core.spectral`) has nothing to
+sample: `translate` encodes each clip, predicts its magnitude frames in one pass and
+inverts them with Griffin-Lim, the whole clip at once. Chunks exist to run a
+sequential generation in parallel, so they do not apply; a chunk would also see other
+latent statistics than its clip (the spectral decoder normalises the latent per clip).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from ..audio import load_audio, mu_law_decode, mu_law_encode, resample, save_aud
 from ..checkpoint import load_model
 from ..device import resolve_device
 from ..model import UMTN
+from ..spectral import decode_audio
 from .chunked import Chunking, translate_chunked
 from .incremental import METHODS, _device_of, encode, generate
 
@@ -79,7 +86,9 @@ def translate(model: UMTN, audio, sample_rate: int, targets, *, temperature: flo
     1 s, see `umt_core.generate.chunked`) is cut into chunks that overlap by
     `overlap_samples`, generated in parallel, `chunk_batch` at a time across all clips,
     and cross-faded;
-    ``chunk_samples=0`` generates every clip in one piece instead.
+    ``chunk_samples=0`` generates every clip in one piece instead. A spectral model
+    decodes every clip in one piece (Griffin-Lim; no sampling, no chunks: the sampling
+    and chunking options do not apply).
     `steps_per_call`: samples per call of the generation step (memory of the
     conditioning), not a change of the result.
     Returns {target name: array} (or {target name: [array per clip]}) at the model's
@@ -102,7 +111,7 @@ def translate(model: UMTN, audio, sample_rate: int, targets, *, temperature: flo
     at_model = [resample(c, sample_rate, rate) for c in clips]
     lengths = [len(c) for c in at_model]
     chunking = None
-    if chunk_samples != 0:
+    if chunk_samples != 0 and cfg.model.decoder == "wavenet":
         chunking = Chunking.for_model(cfg, chunk_samples, overlap_samples, chunk_batch)
         if max(lengths) <= chunking.length:
             chunking = None  # one chunk per clip: the sequential batch below
@@ -118,10 +127,13 @@ def translate(model: UMTN, audio, sample_rate: int, targets, *, temperature: flo
     device = _device_of(model)
     codes = mu_law_encode(torch.from_numpy(batch), cfg.mu_law).to(device)
     z = encode(model, codes)
-    out = generate([model.decoder(k) for k in indices], z, padded, temperature=temperature,
-                   seed=seed, method=method, precision=precision, chunk=steps_per_call,
-                   progress=progress)
-    wave = mu_law_decode(out.cpu(), cfg.mu_law).numpy()
+    if cfg.model.decoder == "spectral":  # non-autoregressive: frames, then Griffin-Lim
+        wave = decode_audio([model.decoder(k) for k in indices], z, padded, cfg.model).cpu().numpy()
+    else:
+        out = generate([model.decoder(k) for k in indices], z, padded, temperature=temperature,
+                       seed=seed, method=method, precision=precision, chunk=steps_per_call,
+                       progress=progress)
+        wave = mu_law_decode(out.cpu(), cfg.mu_law).numpy()
     return _outputs([wave[:, b] for b in range(len(clips))], names, clips, lengths,
                     sample_rate, rate, output_rate, single)
 

@@ -164,6 +164,10 @@ def translate_chunked(model: UMTN, clips: Sequence[np.ndarray], decoders: Sequen
                       ) -> list[np.ndarray]:
     """Translate `clips` (1-D float arrays at the model's rate) with the decoders of the
     given indices: per clip a (D, samples) float32 array (see the module docstring)."""
+    if model.config.model.decoder != "wavenet":
+        raise ValueError(f"chunked translation is for WaveNet generation; a "
+                         f"{model.config.model.decoder} model decodes a whole clip in one "
+                         "pass (`translate` does so)")
     pool = model.config.model.pool
     mu_law = model.config.mu_law
     decs = [model.decoder(k) for k in decoders]
