@@ -68,7 +68,7 @@ _TABLE_ORDER = list(TABLE_COLUMNS)
 RUN_COLUMNS = ["index", "source", "kind", "rank", "lineage", "boundary", "resumed",
                "resume_requested", "first_epoch", "last_epoch", "epochs", "first_step",
                "last_step", "counter_went_back", "restarted_from_zero", "domains", "n_domains",
-               "start_time", "elapsed_s", "best_checkpoint_epoch", "skipped_steps"]
+               "start_time", "elapsed_s", "best_checkpoint_epoch", "skipped_steps", "decoder"]
 
 SKIP_COUNTS = ("continuation_lines", "truncated_lines", "other_rank_lines", "malformed_lines",
                "unrecognized_lines", "ignored_messages", "empty_meter_values")
@@ -169,6 +169,9 @@ class _Run:
     n_rows: int = 0
     skipped_steps: int = 0
     may_go_back: bool = False  # after a rollback the counters may legitimately go back
+    # model.decoder of the run's config: "wavenet" (reference logs too), whose loss is a
+    # cross-entropy with ln 256 as its uniform level, or "spectral", whose loss is not
+    decoder: str = "wavenet"
 
 
 @dataclass
@@ -188,6 +191,7 @@ class _Source:
         run = _Run(boundary, **kw)
         if prev is not None and boundary in ("epoch_reset", "resume"):
             run.domains, run.epoch_len = list(prev.domains), prev.epoch_len
+            run.decoder = prev.decoder
             run.start_time = prev.start_time if boundary == "epoch_reset" else run.start_time
         self.runs.append(run)
         return run
@@ -426,7 +430,9 @@ def _read_event(src: _Source, run: _Run | None, ev: dict[str, Any], number: int)
     if kind == "start":
         config = ev.get("config") or {}
         domains = list(config.get("domains") or []) if isinstance(config, dict) else []
-        return src.new_run("start", domains=domains, start_time=t)
+        model = config.get("model") if isinstance(config, dict) else None
+        decoder = str((model or {}).get("decoder", "wavenet"))
+        return src.new_run("start", domains=domains, start_time=t, decoder=decoder)
     if kind == "resume":
         if run is not None and run.n_rows == 0 and run.boundary == "start":
             run.resumed = True  # `start` then `resume`: one boundary
@@ -626,6 +632,7 @@ def _run_rows(src: _Source, table: pd.DataFrame, offset: int, lineage: list[int]
             "elapsed_s": float(t["elapsed"].max()) if len(t) else math.nan,
             "best_checkpoint_epoch": r.best_checkpoint_epoch,
             "skipped_steps": r.skipped_steps,
+            "decoder": r.decoder,
         }
         rows.append(row)
         if first_epoch is not None:
@@ -747,14 +754,18 @@ def mean_recon(epochs: pd.DataFrame) -> pd.DataFrame:
 
 def find_divergence(log: LossLog, epochs: pd.DataFrame | None = None, *, tol: float = 0.5,
                     min_epochs: int = 2) -> pd.DataFrame:
-    """Runs whose losses, once learned below ln 256 - tol, came back to within `tol` of
+    """Runs of WaveNet decoders whose losses, once learned below ln 256 - tol, came back to within `tol` of
     ln 256 (or above, or non-finite) and stayed there until the end of the lineage for at
     least `min_epochs` logged epochs. Reports the onset epoch and whether the domain
     classifier's held-out accuracy then stayed at one value."""
     epochs = epoch_table(log) if epochs is None else epochs
     means = mean_recon(epochs)
+    # only a cross-entropy has ln 256 as the level of a uniform guess
+    spectral = set(log.runs.loc[log.runs["decoder"] != "wavenet", "lineage"])
     out = []
     for lin, g in means.groupby("lineage", sort=True):
+        if lin in spectral:
+            continue
         wide = g.pivot_table(index=["run", "epoch"], columns="split", values="mean_recon",
                              aggfunc="last").sort_index()
         near = (wide >= UNIFORM_LOSS - tol).all(axis=1).to_numpy()
