@@ -125,8 +125,18 @@ def test_calibration_signals_spread_segments_over_paired_works(tmp_path, classif
         save_audio(tmp_path / "dull" / "train" / f"train{w}.wav",
                    synth(chorale(60 + w, 8.0), 8.0, **DULL), SR)
     data = EvalData.from_folder(tmp_path, SR, ["bright", "dull"])
-    df = cb.calibration_signals(data, "bright", "dull", classifier, segments=3, seconds=1.0)
-    assert len(df) == 3 * 3 * len(cb.ROWS)
+    calls = []
+
+    def copy_source(clip):  # a "model" that returns its input: scored as the source row
+        calls.append(len(clip))
+        return clip
+
+    df = cb.calibration_signals(data, "bright", "dull", classifier, segments=3, seconds=1.0,
+                                translate=copy_source)
+    assert len(df) == 3 * 3 * (len(cb.ROWS) + 1) and calls == [SR] * 9
+    signals = ["target_prob", "noise_flatness", "dist_source", "notes_kept_truth"]
+    pd.testing.assert_frame_equal(df[df.row == "translation"][signals].reset_index(drop=True),
+                                  df[df.row == "source"][signals].reset_index(drop=True))
     starts = df[df.row == "ground_truth"].groupby("work").start.apply(sorted)
     assert all(s[-1] - s[0] > 4.0 for s in starts)  # not only the start of a work
     assert df.notes_kept_score.isna().all() and df.notes_kept_truth.notna().all()

@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "umt_core.analysis",        # analyze-log
     "umt_core.evaluate",        # evaluate
     "umt_core.study.pipeline",  # study
+    "umt_core.study.goal",      # goal
     "umt_core.bench",           # bench train|generate|loader
 ]
 

@@ -31,7 +31,7 @@ the rows that must fail, and says whether they separate.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -325,13 +325,15 @@ def choose_thresholds(signals: pd.DataFrame, tolerance: float = 0.0) -> tuple[Th
 def calibration_signals(data, source: str, target: str, classifier: InstrumentClassifier, *,
                         notes: content.ScoreNotes | None = None, split: str = "test",
                         segments: int = 4, seconds: float = 2.0, spectrum_files: int = 8,
-                        other_works: int = 3, seed: int = 0,
-                        mu_law: str = "torchaudio") -> pd.DataFrame:
+                        other_works: int = 3, seed: int = 0, mu_law: str = "torchaudio",
+                        translate: Callable[[np.ndarray], np.ndarray] | None = None
+                        ) -> pd.DataFrame:
     """`clip_signals` of every calibration row for `segments` clips of `seconds` spread
     over each paired work of `split` (`data` is an `evaluate.EvalData`), translating
     `source` into `target`. One row per (work, segment, calibration row), with columns
     row, work, start (seconds) and the signals. `notes` (the dataset's score notes)
-    adds the score-based content signals."""
+    adds the score-based content signals. `translate` (source clip -> a model's output in
+    `target`) adds the row "translation", scored on the same clips as the others."""
     from .evaluate import _spread
 
     sr = data.sample_rate
@@ -371,6 +373,9 @@ def calibration_signals(data, source: str, target: str, classifier: InstrumentCl
                 unrelated.append(cut(oa, s))
             rows = calibration_rows(gt, src, unrelated[0], target_spectrum=spectrum, rng=rng,
                                     mu_law=mu_law)
+            if translate is not None:
+                out = np.asarray(translate(src), dtype=np.float32)[:length]
+                rows["translation"] = np.pad(out, (0, length - len(out)))
             for name, cand in rows.items():
                 sig = clip_signals(cand, sr, classifier=classifier, target=target, source=src,
                                    ground_truth=gt, start=start / sr, events=events.get(work),
