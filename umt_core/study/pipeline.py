@@ -55,7 +55,7 @@ DEFAULT_MANIFEST = "data_manifests/scores.yaml"
 # evaluation clips (its model and training are the cpu config preset).
 _CHOSEN = cpu_experiment.POINTS[cpu_experiment.CHOSEN].parameters()
 # The dataset a preset's study uses when none is given.
-PRESET_MANIFESTS = {"cpu": _CHOSEN["manifest"]}
+PRESET_MANIFESTS = {"cpu": _CHOSEN["manifest"], "cpu-spectral": _CHOSEN["manifest"]}
 # Presets whose (smaller) dataset is prepared under its own name: see `preset_manifest`.
 SEPARATE_DATA = {"smoke"}
 # The notebook parameter holding dotted config overrides, e.g. {"train.lr": 1e-4}.
@@ -98,6 +98,10 @@ NOTEBOOK_PARAMETERS: dict[str, dict[str, dict[str, Any]]] = {
                                "n_trials": 16},
     },
 }
+# The spectral decoder ablation (the cpu-spectral config preset) is studied on the cpu
+# study's data, domains and evaluation clips.
+NOTEBOOK_PARAMETERS["cpu-spectral"] = NOTEBOOK_PARAMETERS["cpu"]
+
 
 class StudyFailed(RuntimeError):
     """A notebook failed. `details` shows the failing cell and its error; what was
@@ -398,6 +402,20 @@ def _search_experiment() -> Experiment:
                       summarize=cpu_experiment.write_summary, prepare=True)
 
 
+def _decoders_experiment() -> Experiment:
+    # The decoder ablation (umt_core.spectral): both decoder kinds on the cpu preset's
+    # data, domains, encoder and classifier, the same 30-minute budget, three seeds each.
+    kinds = {"wavenet": {"model.decoder": "wavenet"},
+             "spectral": {"model.decoder": "spectral", "train.input_corruption": 0.0}}
+    return Experiment(
+        "The decoder ablation: the paper's WaveNet decoders against one non-autoregressive "
+        "spectral decoder per domain (log-magnitude STFT frames, Griffin-Lim), with the same "
+        "encoder, confusion loss, data, domains and 30-minute training budget.",
+        variants={f"{kind}-seed{seed}": {**o, "train.seed": seed}
+                  for kind, o in kinds.items() for seed in (1, 2, 3)},
+        base={"train.max_minutes": 30.0})
+
+
 EXPERIMENTS: dict[str, Experiment] = {
     "shared-decoder": Experiment(
         "One decoder per domain (this project) against the reference implementation's "
@@ -408,6 +426,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         },
     ),
     "cpu-bottleneck": _search_experiment(),
+    "decoders": _decoders_experiment(),
 }
 
 

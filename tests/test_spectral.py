@@ -1,0 +1,292 @@
+"""The spectral decoder ablation: decoder shapes, loss, Griffin-Lim, translation,
+checkpoint round trip, the divergence guard's decoder-specific check, the evaluation and
+notebooks on a spectral model, and the goal check."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import papermill
+import pytest
+import soundfile as sf
+import torch
+from conftest import REPO, scratch_root
+from test_evaluate import SR as EVAL_SR
+from test_evaluate import write_dataset, write_smoke_study
+from test_train import SPECTRAL, synthetic_domains
+from test_train_notebook import _tiny_dataset
+
+from umt_core import content, data, spectral
+from umt_core.analysis import analyze
+from umt_core.checkpoint import load_model
+from umt_core.config import ModelConfig, preset
+from umt_core.evaluate import EvalData, latent_use_gap
+from umt_core.generate import translate
+from umt_core.generate.chunked import Chunking, translate_chunked
+from umt_core.model import UMTN, UNIFORM_LOSS
+from umt_core.study.goal import GOAL, goal_check, goal_signals
+from umt_core.train import Trainer, read_metrics, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SR = 8000
+
+
+def _tone(freqs, seconds=1.0, sr=SR, harmonics=5):
+    t = np.arange(int(seconds * sr)) / sr
+    y = sum(np.sin(2 * np.pi * f * h * t) / h for f in freqs for h in range(1, harmonics + 1))
+    return (0.5 * y / np.abs(y).max()).astype(np.float32)
+
+
+def _cfg(**overrides):
+    cfg = preset("smoke", {**SPECTRAL, **overrides})
+    cfg.domains = ["piano", "cello", "flute"]
+    return cfg
+
+
+def test_unknown_decoder_kind_is_refused_by_name():
+    cfg = preset("smoke", {"model.decoder": "vocoder"})
+    cfg.domains = ["a", "b"]
+    with pytest.raises(ValueError, match="model.decoder='vocoder'"):
+        UMTN(cfg)
+
+
+def test_cpu_spectral_preset_keeps_the_cpu_latent_classifier_and_confusion():
+    a, b = preset("cpu").to_dict(), preset("cpu-spectral").to_dict()
+    assert b["model"]["decoder"] == "spectral" and a["model"]["decoder"] == "wavenet"
+    assert b["train"]["max_minutes"] == 30.0
+    for key in ("encoder_blocks", "encoder_layers", "latent_channels",
+                "pool", "classifier_layers", "classifier_channels"):
+        assert a["model"][key] == b["model"][key], key
+    assert a["train"]["confusion_weight"] == b["train"]["confusion_weight"]
+    assert a["train"]["augment"] == b["train"]["augment"]
+
+
+def test_decoder_maps_latent_to_frames_of_every_bin_and_depends_on_the_latent():
+    cfg = _cfg()
+    m = UMTN(cfg)
+    codes = torch.randint(0, 256, (2, 256))
+    z = m.encoder(codes)
+    frames = spectral.frames_for(256, cfg.model)
+    out = m.decoder(1)(z, frames)
+    assert out.shape == (2, cfg.model.spectral_n_fft // 2 + 1, frames)
+    assert not torch.allclose(out[0], out[1])  # different latents, different frames
+    assert isinstance(m.decoders[0], spectral.SpectralDecoder) and len(m.decoders) == 3
+
+
+def test_decoder_reads_latent_variations_not_offsets():
+    """A latent of big constant offsets and small variations (the encoder's output at
+    the start) gives the same frames as its variations alone: nothing to ignore."""
+    m = UMTN(_cfg())
+    g = torch.Generator().manual_seed(0)
+    wiggle = 0.02 * torch.randn(2, 4, 16, generator=g)
+    offsets = torch.randn(1, 4, 1, generator=g)
+    dec = m.decoder(0)
+    a, b = dec(wiggle, 17), dec(offsets + 3.0 * wiggle, 17)
+    assert torch.allclose(a, b, atol=1e-4)
+    assert not torch.allclose(a, dec(wiggle.flip(-1), 17), atol=1e-3)
+
+
+def test_loss_is_zero_for_the_true_spectrum_and_grows_with_error():
+    cfg = ModelConfig(spectral_n_fft=256, spectral_hop=64)
+    x = torch.from_numpy(_tone([220.0]))[None]
+    mag = spectral.magnitude(x, cfg)
+    exact = spectral.spectral_loss(spectral.log_magnitude(mag), mag)
+    # only bins below the magnitude floor differ (they are predicted at the floor)
+    assert float(exact) == pytest.approx(0.0, abs=1e-3)
+    off = spectral.spectral_loss(spectral.log_magnitude(mag) + 0.5, mag)
+    worse = spectral.spectral_loss(spectral.log_magnitude(mag) + 1.0, mag)
+    assert 0.4 < float(off) < float(worse)
+
+
+def test_a_huge_prediction_gives_a_bounded_loss():
+    cfg = ModelConfig(spectral_n_fft=256, spectral_hop=64)
+    mag = spectral.magnitude(torch.from_numpy(_tone([220.0]))[None], cfg)
+    loss = spectral.spectral_loss(torch.full_like(mag, 50.0), mag)
+    # L1 grows with the error (about 50 here); the convergence term is capped by the
+    # largest magnitude audio can have (it was ~1e8 when exp() was unbounded)
+    assert 40.0 < float(loss) < 1e4
+
+
+def test_silent_segment_gives_a_finite_loss():
+    cfg = ModelConfig(spectral_n_fft=64, spectral_hop=16)
+    mag = spectral.magnitude(torch.zeros(1, 256), cfg)
+    loss = spectral.spectral_loss(torch.zeros_like(mag), mag)
+    assert torch.isfinite(loss).all()
+
+
+def test_griffin_lim_round_trip_keeps_the_pitch():
+    y = _tone([196.0, 247.0])  # G3 + B3
+    back = spectral.round_trip(y, SR, "stft", n_fft=1024, hop=256, n_iter=32)
+    assert back.shape == y.shape
+    chroma = content.cqt_chroma(back, SR).mean(1)
+    assert set(np.argsort(chroma)[-2:]) == {7, 11}  # G and B pitch classes dominate
+
+
+def test_translate_returns_audio_of_the_input_length_per_target():
+    cfg = _cfg()
+    cfg.sample_rate = SR
+    m = UMTN(cfg).eval()
+    x = _tone([220.0], seconds=0.3)
+    out = translate(m, x, SR, ["cello", "flute"])
+    assert set(out) == {"cello", "flute"}
+    assert all(v.shape == x.shape and np.isfinite(v).all() for v in out.values())
+    assert not np.allclose(out["cello"], out["flute"])
+
+
+def test_long_input_is_decoded_in_one_piece_not_in_chunks():
+    """Chunks are for a sequential generation; a spectral model decodes a clip longer
+    than a chunk whole (its decoder normalises the latent over the clip), the same with
+    chunking on or off, and the chunked generator refuses it by name."""
+    cfg = _cfg()
+    cfg.sample_rate = SR
+    m = UMTN(cfg).eval()
+    x = _tone([220.0, 330.0], seconds=1.5)
+    chunked = translate(m, x, SR, ["cello"], chunk_samples=2048)["cello"]
+    whole = translate(m, x, SR, ["cello"], chunk_samples=0)["cello"]
+    assert chunked.shape == x.shape and np.array_equal(chunked, whole)
+    with pytest.raises(ValueError, match="chunked translation is for WaveNet"):
+        translate_chunked(m, [x], [1], Chunking.for_model(cfg, 2048, None, None))
+
+
+def test_training_run_loads_back_as_a_spectral_model_and_lowers_the_loss(tmp_path):
+    cfg = preset("smoke", {**SPECTRAL, "train.steps_per_epoch": 15, "train.lr": 1e-2})
+    data = synthetic_domains(sr=16000)
+    train(cfg, tmp_path, train_data=data, steps=30, progress=False)
+    model = load_model(tmp_path / "checkpoints" / "last.pt")
+    assert isinstance(model.decoder("cello"), spectral.SpectralDecoder)
+    epochs = [e for e in read_metrics(tmp_path / "metrics.jsonl") if e["event"] == "epoch"]
+    first, last = epochs[0]["val_recon"], epochs[-1]["val_recon"]
+    assert all(last[d] < first[d] for d in first)
+
+
+def test_spectral_validation_near_ln256_is_not_taken_for_uniform_output(tmp_path, monkeypatch):
+    values = iter([3.0, 2.5, UNIFORM_LOSS - 0.01])  # a spectral loss may well sit there
+
+    def validate(self):
+        v = next(values)
+        return {name: v for name in self.domains}, 0.5
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+    cfg = preset("smoke", {**SPECTRAL, "train.steps_per_epoch": 2})
+    summary = train(cfg, tmp_path, train_data=synthetic_domains(), steps=6, progress=False)
+    assert summary["rollbacks"] == 0
+    # nor by the loss analysis (notebook 03), which knows the run's decoder
+    result = analyze([tmp_path / "metrics.jsonl"])
+    assert list(result.runs["decoder"]) == ["spectral"]
+    assert result.divergence.empty
+
+
+@pytest.mark.parametrize("kind", ["wavenet", "spectral"])
+def test_latent_use_gap_measures_either_decoder(kind):
+    cfg = _cfg() if kind == "spectral" else preset("smoke")
+    cfg.domains = ["piano", "cello", "flute"]
+    model = UMTN(cfg).eval()
+    clips = {"cello": [_tone([110.0], seconds=0.2, sr=16000), _tone([147.0], 0.2, 16000)]}
+    gap = latent_use_gap(model, clips)
+    assert list(gap["domain"]) == ["cello"]
+    assert np.isfinite(gap[["loss_true", "loss_shuffled"]].to_numpy()).all()
+
+
+
+
+# ------------------------------------------------------------------- notebooks, evaluation
+# cpu-spectral at smoke size: the preset's choices (spectral decoders, no input
+# corruption, its lr) with a network and segments that train in seconds.
+CPU_SPECTRAL_AT_SMOKE_SIZE = {
+    "model.encoder_blocks": 1, "model.encoder_layers": 3, "model.encoder_channels": 8,
+    "model.latent_channels": 4, "model.pool": 16, "model.classifier_layers": 2,
+    "model.classifier_channels": 8, "model.spectral_n_fft": 64, "model.spectral_hop": 16,
+    "model.spectral_channels": 8, "model.spectral_layers": 2, "train.batch_per_domain": 2,
+    "train.segment_samples": 256, "train.steps_per_epoch": 5, "train.val_batches": 1,
+    "train.augment": False,
+}
+
+
+def test_notebook_02_trains_the_cpu_spectral_preset(tmp_path_factory, monkeypatch):
+    root = scratch_root(tmp_path_factory.mktemp("spectral02"))
+    manifest = _tiny_dataset(root)
+    data.prep(data.load_manifest(root / manifest), progress=False, log=lambda *a: None)
+    monkeypatch.setenv("UMT_ROOT", str(root))
+    papermill.execute_notebook(
+        str(REPO / "notebooks" / "02_train.ipynb"), str(tmp_path_factory.mktemp("out") / "02.ipynb"),
+        kernel_name="umt-study", cwd=str(root), progress_bar=False,
+        parameters={"preset": "cpu-spectral", "manifest": manifest, "run_name": "spec",
+                    "steps": 10, "overrides": CPU_SPECTRAL_AT_SMOKE_SIZE, "plot_every_s": 3.0,
+                    "results_dir": "results/spec"})
+    figures = json.loads((root / "results" / "spec" / "02_train.json").read_text())
+    assert figures["steps"] == 10 and figures["skipped_steps"] == 0
+    model = load_model(root / "runs" / "spec" / "checkpoints" / "best.pt")
+    assert model.config.preset == "cpu-spectral"
+    assert isinstance(model.decoder(0), spectral.SpectralDecoder)
+
+
+def test_notebook_04_evaluates_a_spectral_model(tmp_path, monkeypatch):
+    monkeypatch.delenv("UMT_ROOT", raising=False)
+    cfg = preset("smoke", SPECTRAL)
+    manifest, ckpt = write_smoke_study(tmp_path, cfg, ["piano", "flute"])
+    results = tmp_path / "results"
+    papermill.execute_notebook(
+        str(REPO / "notebooks" / "04_listening_tests.ipynb"), str(tmp_path / "04.ipynb"),
+        kernel_name="umt-study", cwd=str(REPO), progress_bar=False,
+        parameters={"checkpoints": [str(ckpt)], "run_dir": "", "manifest": str(manifest),
+                    "source_clips": 1, "seconds_per_clip": 0.5, "n_trials": 4,
+                    "samples_to_show": 1, "results_dir": str(results),
+                    "key_dir": str(tmp_path / "keys")})
+    figures = json.loads((results / "04_listening_tests.json").read_text())
+    assert "smoke-best_translation_success" in figures
+    translations = sorted((results / "examples").glob("*_translation.wav"))
+    assert translations
+    audio, _ = sf.read(translations[0])
+    assert np.isfinite(audio).all() and np.abs(audio).max() > 0  # Griffin-Lim, not silence
+
+
+# ------------------------------------------------------------------- the goal check
+def _signals(translation: str) -> pd.DataFrame:
+    """Signals of known rows for 4 works, the translation rows copied from `translation`."""
+    good = {"target_prob": 0.95, "noise_flatness": 0.05, "notes_kept_score": 1.0,
+            "dist_target": 0.0, "dist_source": 1.0}
+    rows = {"ground_truth": good, "gt_snr20": good,
+            "gt_snr5": {**good, "noise_flatness": 0.5, "notes_kept_score": 0.3},
+            "shaped_noise": {**good, "noise_flatness": 0.5, "notes_kept_score": 0.0},
+            "source": {**good, "target_prob": 0.05, "dist_target": 1.0, "dist_source": 0.0,
+                       "notes_kept_score": 0.95},
+            "unrelated": {**good, "notes_kept_score": 0.0}}
+    rows["translation"] = rows[translation]
+    return pd.DataFrame([{"row": r, "work": f"w{w}", "flatness": 0.1, "notes_kept_truth": np.nan,
+                          **v} for w in range(4) for r, v in rows.items()])
+
+
+def test_goal_check_passes_the_truth_and_fails_a_copy_of_the_source():
+    fast = {"seconds_of_audio": 10.0, "wall": 2.5, "cpu": 0.6, "threads": 1}
+    truth = goal_check(_signals("ground_truth"), fast)
+    assert all(truth[c]["passed"] for c in GOAL) and truth["notes_kept"]["value"] == 1.0
+    assert truth["translate_10s"]["passed"] and not truth["translate_10s"]["passed_wall"]
+    assert truth["clips"] == 4 and truth["works"] == 4
+    assert all(t["separates"] for t in truth["thresholds"].values())
+    copy = goal_check(_signals("source"))
+    assert copy["notes_kept"]["passed"] and copy["clean"]["passed"]  # its notes are right
+    assert copy["target"]["value"] == 0.0 and copy["closer_to_target"]["value"] == 0.0
+    assert not copy["success"]["passed"] and 0 < copy["target"]["ci_high"] < 0.6
+    noise = goal_check(_signals("shaped_noise"))
+    assert not noise["clean"]["passed"] and noise["notes_kept"]["value"] == 0.0
+    with pytest.raises(ValueError, match="no translation rows"):
+        goal_check(_signals("source").query("row != 'translation'"))
+
+
+def test_goal_signals_score_a_spectral_models_translations_with_the_calibration_rows(tmp_path):
+    write_dataset(tmp_path, ("piano", "cello"))
+    cfg = preset("smoke", SPECTRAL)
+    cfg.domains = ["piano", "cello"]
+    model = UMTN(cfg).eval()
+    signals, classifier = goal_signals(model, EvalData.from_folder(tmp_path, EVAL_SR, ["piano", "cello"]),
+                                       None, segments=1, seconds=1.0)
+    assert classifier.domains == ["piano", "cello"]
+    assert set(signals["row"]) == {"translation", "ground_truth", "gt_snr20", "gt_snr10",
+                                   "gt_snr5", "gt_code_noise", "gt_source_envelope",
+                                   "shaped_noise", "source", "unrelated"}
+    ours = signals[signals["row"] == "translation"]
+    assert len(ours) == 2 * 4  # both directions, 4 paired works, one clip each
+    assert set(zip(ours["source"], ours["target"])) == {("piano", "cello"), ("cello", "piano")}
+    assert ours[["target_prob", "noise_flatness", "dist_target"]].notna().all().all()
