@@ -123,8 +123,11 @@ def test_prep_is_reproducible_paired_and_locked(tmp_path, note_cache):
     again = data.training_data(a, "train")  # same lock checksums: the cache is still valid
     assert np.array_equal(again[2].clips[0], first[2].clips[0])
 
-    # A larger size keeps what it can and removes what the new plan drops.
-    bigger = data.prep(a, minutes_per_domain=0.12, **quiet)
+    # Another size in place only when asked (--replace); it keeps what it can and removes
+    # what the new plan drops.
+    with pytest.raises(data.DataError, match="split.minutes_per_domain 0.05 -> 0.12"):
+        data.prep(a, minutes_per_domain=0.12, **quiet)
+    bigger = data.prep(a, minutes_per_domain=0.12, replace=True, **quiet)
     assert bigger["kept"] > 0 and bigger["files"] > ra["files"]
     assert set(_checksums(a)) >= {rel for rel in _checksums(b) if "/test" in rel}
     assert data.verify(a) == [] and data.read_lock(a)["params"]["split"]["minutes_per_domain"] == 0.12

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from .errors import exit_status
+
 # Modules that provide commands, in the order `--help` lists them.
 COMMAND_MODULES = [
     "umt_core.data.prepare",    # prep
@@ -24,25 +26,49 @@ COMMAND_MODULES = [
 ]
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's help ends with its default, unless the option is required or its
+    help already says what None means ("(None: ...)")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required or (action.default is None and "(None:" in text):
+            return text
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every command's --help shows each option's default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m umt_core",
         description="Universal Music Translation Network study: data, training, analysis.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register_cli(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; exit code 0, 2 for a usage error, 1 for a failure (see
+    `umt_core.errors`). Option values are checked by the parser, before any work."""
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        # Errors meant for the user: one clear line, no traceback.
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        status = exit_status(e)
+        if status is None:
+            raise
+        print(f"error: {status[1]}", file=sys.stderr)
+        return status[0]
     return int(result or 0)
 
 

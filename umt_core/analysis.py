@@ -43,6 +43,8 @@ import pandas as pd
 
 from .metrics import parse_lines, read_lines
 from .model import UNIFORM_LOSS
+from .options import positive_float, positive_int
+from .outputs import output_file
 
 TABLE_COLUMNS = {
     "source": "the file the value was read from",
@@ -953,24 +955,26 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                    help="main_<rank>.log, metrics.jsonl or a run directory")
     p.add_argument("--domains", default=None,
                    help="comma-separated domain names for reference logs whose Namespace line "
-                        "lists no data (default: domain_0, domain_1, ...)")
+                        "lists no data (None: domain_0, domain_1, ...)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT",
-                   help="write the findings to this JSON file")
-    p.add_argument("--spike-z", type=float, default=6.0,
+                   help="write the findings to this JSON file (None: print only)")
+    p.add_argument("--spike-z", type=positive_float, default=6.0,
                    help="robust z-score above the rolling median that makes a spike")
-    p.add_argument("--window", type=int, default=5, help="rolling median window (values)")
-    p.add_argument("--uniform-tol", type=float, default=0.5,
+    p.add_argument("--window", type=positive_int, default=5,
+                   help="rolling median window (values)")
+    p.add_argument("--uniform-tol", type=positive_float, default=0.5,
                    help="losses within this of ln 256 count as diverged")
     p.set_defaults(func=_cli_analyze)
 
 
 def _cli_analyze(args: argparse.Namespace) -> int:
     domains = [d.strip() for d in args.domains.split(",")] if args.domains else None
+    if args.json:
+        output_file(args.json, "--json file")  # before any work
     a = analyze(args.paths, domains, window=args.window, z=args.spike_z,
                 uniform_tol=args.uniform_tol)
     print(format_report(a))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(a.to_json(), indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0

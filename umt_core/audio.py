@@ -14,6 +14,8 @@ Two mu-law variants exist and a model always states which one it was trained wit
 from __future__ import annotations
 
 import io
+import logging
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ import torchaudio.functional as AF
 
 MU = 255
 MU_LAW_VARIANTS = ("torchaudio", "reference")
+log = logging.getLogger(__name__)
 
 
 def _check_variant(variant: str) -> None:
@@ -80,10 +83,17 @@ def read_audio(source: str | Path | bytes, label: str | None = None) -> tuple[np
     if not from_bytes and not Path(source).exists():
         raise AudioError(f"{label}: missing file")
     try:
-        return sf.read(io.BytesIO(source) if from_bytes else str(source), dtype="float32",
-                       always_2d=True)
+        data, sr = sf.read(io.BytesIO(source) if from_bytes else str(source), dtype="float32",
+                           always_2d=True)
     except Exception as e:  # soundfile raises several types for corrupt files
         raise AudioError(f"{label}: cannot be read as audio ({e})") from e
+    declared = None if from_bytes else declared_frames(source)
+    if declared is not None and declared > data.shape[0]:
+        log.warning(f"warning: {label}: truncated: its header announces {declared} samples "
+                    f"({declared / sr:.2f} s), the file holds {data.shape[0]} "
+                    f"({data.shape[0] / sr:.2f} s); only those are used. Re-export the file "
+                    "if it was cut off by a failed copy")
+    return data, sr
 
 
 def load_audio(path: str | Path, sample_rate: int | None = None, mono: bool = True,
@@ -100,6 +110,17 @@ def load_audio(path: str | Path, sample_rate: int | None = None, mono: bool = Tr
         audio = resample(audio, sr, sample_rate)
         sr = sample_rate
     return np.ascontiguousarray(audio, dtype=np.float32), sr
+
+
+def declared_frames(path: str | Path) -> int | None:
+    """Samples per channel a PCM WAV's header announces (None for other formats).
+    libsndfile reads a truncated file's remaining samples without a word; the header
+    still tells how many there should be."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            return int(w.getnframes())
+    except (wave.Error, EOFError, OSError):
+        return None
 
 
 def resample(audio: np.ndarray | torch.Tensor, orig_sr: int, new_sr: int) -> np.ndarray:

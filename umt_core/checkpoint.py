@@ -52,6 +52,14 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and validate a umt_core checkpoint with ``weights_only=True``."""
     path = Path(path)
+    if path.is_dir():
+        if (path / "args.pth").is_file() or any(path.glob("*model_*.pth")):
+            raise CheckpointError(
+                f"{path}: is a folder of the reference implementation (args.pth, "
+                f"lastmodel_<k>.pth), not a umt_core checkpoint; convert it once with "
+                f"`python -m umt_core convert-reference {path} OUT.pt` and pass OUT.pt")
+        raise CheckpointError(f"{path}: is a folder; give a checkpoint file, e.g. "
+                              f"{path / 'checkpoints' / 'last.pt'}")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
@@ -76,6 +84,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     for key in ("config", "model"):
         if key not in state:
             raise CheckpointError(f"{path}: checkpoint lacks {key!r}")
+    for name, t in state["model"].items() if isinstance(state["model"], dict) else ():
+        if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(
+                f"{path}: weight {name} holds NaN or infinite values; the model would "
+                "produce noise. Use an earlier checkpoint (best.pt, step_<n>.pt)")
     return state
 
 

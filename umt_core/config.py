@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,13 +237,13 @@ def preset(name: str, overrides: dict[str, Any] | None = None) -> Config:
 def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     """Return a copy of `cfg` with `{"section.field": value}` overrides applied.
 
-    String values (from the command line) are parsed as YAML scalars, so "1e-4",
+    String values (from the command line) are parsed by `parse_value`, so "1e-4",
     "true" and "[a, b]" get their natural types.
     """
     cfg = copy.deepcopy(cfg)
     for key, value in overrides.items():
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value != "" else value
+            value = parse_value(value)
         if key == "train.bf16":  # the old flag, as in a stored config
             key, value = "train.precision", legacy_precision({"bf16": value})["precision"]
         target: Any = cfg
@@ -258,12 +259,32 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
         current = getattr(target, name)
         if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if (isinstance(current, int) and not isinstance(current, bool)
+                and isinstance(value, float) and value.is_integer()):
+            value = int(value)  # 1E3 for a count
         if current is not None and not isinstance(value, type(current)):
             raise ValueError(
                 f"config override {key}={value!r}: expected {type(current).__name__}"
             )
         setattr(target, name, value)
     return cfg
+
+
+# YAML 1.1 (PyYAML) reads 1e-4, 5E3 or .5e-3 as strings: its floats need a dot and a signed
+# exponent. A command line means a number by them.
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: a YAML scalar or list ("true", "null", "[a, b]"), and any
+    decimal number as a number (1e-4, 5E3 and 1_000 as YAML 1.2 reads them)."""
+    if text == "":
+        return text
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and _NUMBER.fullmatch(text.strip()):
+        number = float(text)
+        return int(number) if re.fullmatch(r"[-+]?\d+", text.strip()) else number
+    return value
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, str]:

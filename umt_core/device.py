@@ -12,11 +12,28 @@ import torch
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> the first CUDA device when there is one, else the CPU; any other name
-    as torch reads it ('cpu', 'cuda:1')."""
+    """'auto' -> the first CUDA device when there is one, else the CPU; 'cpu' or
+    'cuda[:N]'. A CUDA device that is not there is a `UsageError` saying so (rather than
+    a failure later, e.g. when a checkpoint is mapped to it)."""
+    from .errors import UsageError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name}: not a device; use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: no CUDA GPU is visible to torch here "
+                             "(torch.cuda.is_available() is False); use --device cpu, or "
+                             "--device auto to take a GPU only when there is one")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} "
+                             f"CUDA device(s), numbered from 0")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {name}: use auto, cpu or cuda[:N]")
+    return device
 
 
 def cpu_name() -> str:

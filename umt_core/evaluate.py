@@ -59,6 +59,8 @@ from .data import load_manifest, split_files
 from .forward import reconstruction_loss_sum
 from .generate import translate
 from .model import N_CLASSES
+from .options import non_negative_float, positive_float, positive_int
+from .outputs import output_file
 from .paths import resolve
 
 CONDITIONS = ("translation", "identity", "ground_truth", "unrelated", "reconstruction")
@@ -458,6 +460,12 @@ class EvalData:
     def from_manifest(cls, manifest) -> EvalData:
         if isinstance(manifest, str | Path):
             manifest = load_manifest(manifest)
+        if not manifest.lock_path.is_file():
+            from .data.manifest import DataError, show_path
+
+            raise DataError(f"dataset {manifest.name!r} is not prepared ({manifest.lock_path} "
+                            f"does not exist); run `python -m umt_core prep --manifest "
+                            f"{show_path(manifest.path)}` first")
         files = {}
         for split in ("train", "val", "test"):
             try:
@@ -483,6 +491,9 @@ class EvalData:
         return {d: list(self.files.get(name, {}).get(d, [])) for d in self.domains}
 
     def load(self, path: Path) -> np.ndarray:
+        from .data.identity import verify_locked_file
+
+        verify_locked_file(path)  # a file of a prepared dataset must still match its lock
         return load_audio(path, self.sample_rate)[0]
 
 
@@ -957,27 +968,39 @@ def format_tables(ev: Evaluation) -> str:
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="objective metrics of a model's translations")
-    p.add_argument("--checkpoint", required=True, help="umt_core checkpoint (.pt)")
-    p.add_argument("--manifest", default="data_manifests/scores.yaml")
-    p.add_argument("--sources", nargs="+", default=None, help="source domains (default: all)")
-    p.add_argument("--targets", nargs="+", default=None, help="target domains (default: all)")
-    p.add_argument("--clips", type=int, default=2, help="test clips per source domain")
-    p.add_argument("--seconds", type=float, default=2.0, help="seconds per clip")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", required=True, help="write the results here")
+    p = sub.add_parser("evaluate", help="objective metrics of a model's translations",
+                       description="Translate test clips of a prepared dataset with a model "
+                       "and measure them (instrument classifier, pitch agreement with the "
+                       "ground truth); every file read is checked against the dataset's lock.")
+    p.add_argument("--checkpoint", required=True,
+                   help="umt_core checkpoint (.pt): a run's checkpoints/last.pt or best.pt")
+    p.add_argument("--manifest", default=None,
+                   help="dataset manifest (None: the one the checkpoint's preset trains on: "
+                        "data_manifests/scores-8k.yaml for cpu, data_manifests/scores.yaml "
+                        "for paper, data/manifests/scores-smoke.yaml for smoke)")
+    p.add_argument("--sources", nargs="+", default=None, help="source domains (None: all)")
+    p.add_argument("--targets", nargs="+", default=None, help="target domains (None: all)")
+    p.add_argument("--clips", type=positive_int, default=2, help="test clips per source domain")
+    p.add_argument("--seconds", type=positive_float, default=2.0, help="seconds per clip")
+    p.add_argument("--temperature", type=non_negative_float, default=1.0,
+                   help="sampling temperature, a finite number >= 0 (0 = greedy)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
+    p.add_argument("--json", required=True, help="write the results to this JSON file")
     p.set_defaults(func=_cli)
 
 
 def _cli(args: argparse.Namespace) -> int:
+    out = output_file(resolve(args.json), "--json file")  # before any work
     model = load_model(resolve(args.checkpoint))
+    if args.manifest is None:
+        from .study.pipeline import default_manifest, preset_manifest
+
+        args.manifest = preset_manifest(resolve("."), default_manifest(model.config.preset),
+                                        model.config.preset, write=False)
     data = EvalData.from_manifest(resolve(args.manifest))
     ev = evaluate(model, data, sources=args.sources, targets=args.targets, clips=args.clips,
                   seconds=args.seconds, temperature=args.temperature, seed=args.seed,
                   system=Path(args.checkpoint).stem, progress=True)
-    out = resolve(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"checkpoint": str(args.checkpoint), "manifest": str(args.manifest), **ev.to_json()}
     out.write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
     print(format_tables(ev))

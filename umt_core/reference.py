@@ -33,6 +33,7 @@ import torch
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import Config, ModelConfig, preset
 from .model import UMTN, copy_shared_weights
+from .outputs import output_file
 
 # Decoder order of the released pretrained MusicNet model.
 MUSICNET_DOMAINS = [
@@ -545,7 +546,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--which", choices=["last", "best"], default="last",
                    help="lastmodel_<k>.pth (default) or bestmodel_<k>.pth")
     p.add_argument("--domains", default=None,
-                   help="comma-separated domain names in decoder order (default: the MusicNet "
+                   help="comma-separated domain names in decoder order (None: the MusicNet "
                         "names for six decoders, else domain_0, domain_1, ...)")
     p.add_argument("--shared-decoder", action="store_true",
                    help="the run trained one decoder for every domain (one model file)")
@@ -554,6 +555,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 
 def _cli_convert(args: argparse.Namespace) -> int:
     domains = args.domains.split(",") if args.domains else None
+    output_file(args.out, "converted checkpoint")  # before any work
     state = convert_reference(args.directory, args.out, args.which, domains,
                               shared_decoder=args.shared_decoder)
     cfg = state["config"]

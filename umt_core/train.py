@@ -59,6 +59,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -73,17 +74,21 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+import yaml
 from tqdm.auto import tqdm
 
 from . import data
 from . import forward as fw
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
-from .config import PRECISIONS, Config, apply_overrides, parse_overrides, preset
+from .config import PRECISIONS, PRESETS, Config, apply_overrides, parse_overrides, preset
+from .data.identity import ALLOW_FLAG, check_same_data, dataset_identity, identity_summary
 from .data.sampling import TRAIN_STREAM, VALIDATION_STREAM, DomainAudio, SegmentSampler, prefetch
 from .device import cpu_has_native_bf16
 from .metrics import read_metrics
 from .model import N_CLASSES, UMTN, UNIFORM_LOSS, copy_shared_weights
+from .options import non_negative_int, positive_int
 from .paths import atomic_path, resolve, write_text_atomic
+from .run_lock import RunLock
 
 # The spike test needs some history: the running median of fewer steps is noise.
 MIN_SPIKE_HISTORY = 5
@@ -328,14 +333,28 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(self.format(record))
 
 
+# What a run writes (and the temporary files of its atomic writes, see paths.atomic_path).
+RUN_FILE = re.compile(r"(metrics\.jsonl|train\.log|config\.yaml)"
+                      r"|\.(metrics\.jsonl|config\.yaml)\..*tmp.*")
+RUN_CHECKPOINT = re.compile(r"(last|best|step_\d+)\.pt|\.(last|best|step_\d+)\.pt\..*tmp.*")
+
+
 def _wipe_run(run_dir: Path) -> None:
-    """--fresh: remove what a previous run in `run_dir` wrote (and only that)."""
-    for name in ("metrics.jsonl", "train.log", "config.yaml"):
-        (run_dir / name).unlink(missing_ok=True)
-    ckpt = run_dir / "checkpoints"
-    if ckpt.is_dir():
-        for f in ckpt.glob("*.pt"):
-            f.unlink()
+    """--fresh: remove what a previous run in `run_dir` wrote (and only that: a file
+    the user put into the run directory or checkpoints/ stays)."""
+    for folder, pattern in ((run_dir, RUN_FILE), (run_dir / "checkpoints", RUN_CHECKPOINT)):
+        if folder.is_dir():
+            for f in folder.iterdir():
+                if f.is_file() and pattern.fullmatch(f.name):
+                    f.unlink()
+
+
+def _write_config(path: Path, cfg: Config, identity: dict[str, Any] | None) -> None:
+    """config.yaml: the resolved config, then (a record, not config) the data it trains on."""
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    if identity is not None:
+        text += yaml.safe_dump({"data": identity_summary(identity)}, sort_keys=False)
+    write_text_atomic(path, text)
 
 
 def _deterministic_cuda() -> None:
@@ -422,6 +441,7 @@ class Trainer:
         self.last_step_loss = math.nan
         self.last_speed = 0.0
         self.local = _split(self.tc.batch_per_domain, group.world, group.rank)
+        self.data_identity: dict[str, Any] | None = None  # the data it trains on (a record)
 
     def init_weights(self, source: UMTN) -> list[str]:
         """Start from another model's weights (fine-tuning): see `copy_shared_weights`.
@@ -492,6 +512,7 @@ class Trainer:
             "best_val": self.best_val,
             "train_seconds": self.train_seconds,
             "world_size": self.group.world,
+            **({"data": self.data_identity} if self.data_identity is not None else {}),
         }
 
     def load_state(self, state: dict[str, Any], training_state: bool = True) -> None:
@@ -841,7 +862,8 @@ def train(cfg: Config, run_dir: str | Path, *, manifest=None,
           val_data: Sequence[DomainAudio] | None = None, steps: int | None = None,
           epochs: int | None = None, fresh: bool = False, progress: bool = True,
           on_event: EventCallback | None = None,
-          init_from: str | Path | None = None) -> dict[str, Any]:
+          init_from: str | Path | None = None,
+          allow_data_change: bool = False) -> dict[str, Any]:
     """Train (or resume) the run in `run_dir` until `steps` steps or `epochs` epochs in
     total (default ``cfg.train.epochs``); see the module docstring.
 
@@ -853,6 +875,12 @@ def train(cfg: Config, run_dir: str | Path, *, manifest=None,
     preset's, decoders of domains it knows are reused, others start fresh; with
     ``train.freeze_encoder`` only the decoders (and the classifier) train. Ignored when
     the run resumes from its own last.pt.
+
+    One process writes a run directory: rank 0 holds its writer lock
+    (`umt_core.run_lock`) while it trains; another training there is refused
+    (`RunBusyError`). The run records the identity of its data (`manifest`'s lock) in
+    config.yaml and its checkpoints; resuming on data whose lock differs raises
+    `DataError` naming the difference, unless `allow_data_change`.
     Returns a summary: steps, epochs, best_val, last/best checkpoint paths, skipped
     steps and rollbacks of this call.
     """
@@ -866,27 +894,35 @@ def train(cfg: Config, run_dir: str | Path, *, manifest=None,
         source = load_model(resolve(init_from))
         cfg.model = copy.deepcopy(source.config.model)
         cfg.mu_law = source.config.mu_law
+    if isinstance(manifest, (str, Path)):
+        manifest = data.load_manifest(resolve(manifest))
     train_data, val_data, augment = _resolve_data(cfg, manifest, train_data, val_data)
+    identity = dataset_identity(manifest) if manifest is not None else None
     if source is not None and source.config.sample_rate != cfg.sample_rate:
         raise ValueError(f"{init_from}: the model was trained at {source.config.sample_rate} Hz, "
                          f"the data is at {cfg.sample_rate} Hz; prepare the data at the "
                          "model's rate")
     _check_config(cfg)
     run_dir = resolve(run_dir)
-    group = ProcessGroup()
-    files = RunFiles(run_dir, group.main, progress, on_event)
-    try:
-        return _run(cfg, run_dir, train_data, val_data, augment, group, files,
-                    steps, fresh, progress, source, init_from)
-    finally:
-        files.close()
-        group.close()
+    rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+    with RunLock(run_dir) if rank == 0 else contextlib.nullcontext():
+        group = ProcessGroup()
+        files = RunFiles(run_dir, group.main, progress, on_event)
+        try:
+            return _run(cfg, run_dir, train_data, val_data, augment, group, files,
+                        steps, fresh, progress, source, init_from, identity, allow_data_change)
+        finally:
+            files.close()
+            group.close()
 
 
 def _run(cfg: Config, run_dir: Path, train_data, val_data, augment, group: ProcessGroup,
          files: RunFiles, steps: int | None, fresh: bool, progress: bool,
-         source: UMTN | None = None, init_from: str | Path | None = None) -> dict[str, Any]:
+         source: UMTN | None = None, init_from: str | Path | None = None,
+         identity: dict[str, Any] | None = None, allow_data_change: bool = False
+         ) -> dict[str, Any]:
     resume = files.last.exists() and not fresh
+    data_changes: list[str] = []
     if resume:
         state = load_checkpoint(files.last, map_location="cpu")
         stored = Config.from_dict(state["config"], trained_on=group.device.type)
@@ -898,15 +934,17 @@ def _run(cfg: Config, run_dir: Path, train_data, val_data, augment, group: Proce
             raise ValueError(f"{run_dir} holds a run with another config ({listed}). "
                              "Resume it with its own config, start over with --fresh, "
                              "or use another run directory")
+        data_changes = check_same_data(state.get("data"), identity, run_dir, allow_data_change)
     group.barrier()
     if group.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if fresh or not resume:
             _wipe_run(run_dir)
-        cfg.save_yaml(run_dir / "config.yaml")
+        _write_config(run_dir / "config.yaml", cfg, identity)
     group.barrier()
 
     trainer = Trainer(cfg, run_dir, train_data, val_data, augment, group, files)
+    trainer.data_identity = identity
     tc = cfg.train
     target = int(steps) if steps is not None else tc.epochs * tc.steps_per_epoch
     if resume:
@@ -915,14 +953,19 @@ def _run(cfg: Config, run_dir: Path, train_data, val_data, augment, group: Proce
         files.truncate_metrics(trainer.step)
     elif source is not None:
         new_domains = trainer.init_weights(source)
+    first_step = trainer.step
     group.broadcast_module(trainer.model)
     files.open()
     files.event("start", trainer.step, trainer.epoch, config=cfg.to_dict(), fresh=not resume,
                 world_size=group.world)
     if resume:
-        files.event("resume", trainer.step, trainer.epoch, **{"from": str(files.last)})
+        files.event("resume", trainer.step, trainer.epoch, **{"from": str(files.last)},
+                    **({"data_changed": data_changes} if data_changes else {}))
         files.log.info(f"Resumed from {files.last} at step {trainer.step} "
                        f"(epoch {trainer.epoch})")
+        if data_changes:
+            files.log.warning(f"resumed on changed data ({ALLOW_FLAG}): "
+                              + "; ".join(data_changes))
     else:
         files.log.info(f"Training {cfg.preset} on {cfg.domains} in {run_dir} "
                        f"(world size {group.world}, device {group.device})")
@@ -945,6 +988,7 @@ def _run(cfg: Config, run_dir: Path, train_data, val_data, augment, group: Proce
         "rollbacks": trainer.n_rollbacks,
         "domains": list(cfg.domains),
         "train_minutes": round(trainer.train_seconds / 60.0, 2),
+        "trained_steps": trainer.step - first_step,
     }
 
 
@@ -1064,19 +1108,33 @@ def launch_distributed(preset_name: str, manifest: str | Path, run_dir: str | Pa
 
 # --------------------------------------------------------------------------- CLI
 def register_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train (or resume) a model; torchrun-compatible")
-    p.add_argument("--preset", default="cpu", help="config preset: smoke, cpu, cpu-spectral or paper")
-    p.add_argument("--manifest", default="data_manifests/scores.yaml",
-                   help="dataset manifest, prepared with `prep` (default: %(default)s)")
-    p.add_argument("--run-dir", required=True, help="e.g. runs/cpu-scores")
+    p = sub.add_parser("train", help="train (or resume) a model; torchrun-compatible",
+                       description="Train the preset's model on a prepared dataset into a run "
+                       "directory, or resume the run there from its last.pt. One process "
+                       "writes a run directory at a time.")
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="config preset")
+    p.add_argument("--manifest", default=None,
+                   help="dataset manifest, prepared with `prep` (None: the preset's, as its "
+                        "study uses: data_manifests/scores-8k.yaml for cpu and cpu-spectral, "
+                        "data_manifests/scores.yaml for paper, "
+                        "data/manifests/scores-smoke.yaml for smoke)")
+    p.add_argument("--run-dir", required=True, help="the run directory, e.g. runs/cpu-scores")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--steps", type=int, help="train until this many steps in total")
-    g.add_argument("--epochs", type=int, help="train until this many epochs in total")
-    p.add_argument("--fresh", action="store_true", help="discard the run directory's run")
+    g.add_argument("--steps", type=non_negative_int,
+                   help="train until this many steps in total (None: the epochs)")
+    g.add_argument("--epochs", type=positive_int,
+                   help="train until this many epochs in total (None: the preset's)")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: remove what the earlier run in the run directory wrote "
+                        "(config.yaml, metrics.jsonl, train.log, last/best/step_<n>.pt), "
+                        "keeping any other file")
+    p.add_argument("--allow-data-change", action="store_true",
+                   help="resume even though the dataset's lock differs from the one the run "
+                        "was trained on")
     p.add_argument("-o", "--override", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="config override, e.g. -o train.lr=1e-4 (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--init-from", metavar="CHECKPOINT",
+    p.add_argument("--init-from", metavar="CHECKPOINT", default=None,
                    help="start a new run from this model's weights (e.g. a converted "
                         "pretrained model); add -o train.freeze_encoder=true to train "
                         "decoders only")
@@ -1085,9 +1143,19 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 
 def _cli(args: argparse.Namespace) -> int:
     cfg = preset(args.preset, parse_overrides(args.override))
-    summary = train(cfg, args.run_dir, manifest=args.manifest, steps=args.steps,
+    manifest = args.manifest
+    if manifest is None:
+        from .study.pipeline import default_manifest, preset_manifest
+
+        manifest = preset_manifest(resolve("."), default_manifest(args.preset), args.preset,
+                                   write=False)
+    summary = train(cfg, args.run_dir, manifest=manifest, steps=args.steps,
                     epochs=args.epochs, fresh=args.fresh, progress=not args.no_progress,
-                    init_from=args.init_from)
+                    init_from=args.init_from, allow_data_change=args.allow_data_change)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=2))
+        if summary["trained_steps"] == 0:
+            print(f"nothing was trained: the run is at step {summary['steps']}, which already "
+                  "reaches the target (--steps/--epochs count in total, and the time budget "
+                  "train.max_minutes across resumes); ask for more", file=sys.stderr)
     return 0

@@ -31,6 +31,9 @@ import soundfile as sf
 from tqdm.auto import tqdm
 
 from ..audio import AudioError, check_audio, read_audio
+from ..child_processes import die_with_parent
+from ..options import positive_int
+from ..outputs import output_dir
 from ..paths import atomic_path, resolve
 from . import render
 from .manifest import (
@@ -95,13 +98,18 @@ def _params(m: Manifest, minutes_per_domain: float | None, soundfont: str | None
 def prep(manifest: Manifest | str | Path, *, minutes_per_domain: float | None = None,
          source: str | Path | None = None, soundfont: str | None = None,
          test_works: int | None = None, on_error: str | None = None, workers: int | None = None, progress: bool = True,
-         note_cache: str | Path | None = None, log: Callable[[str], None] = print) -> dict:
+         note_cache: str | Path | None = None, log: Callable[[str], None] = print,
+         replace: bool = False) -> dict:
     """Produce the dataset of `manifest` and its lock; returns a report dict.
 
     A file is kept when the lock lists it with the same recipe and its bytes still
     have the locked sha256; anything else is (re)produced, so a changed file is
     never silently used. Files of an earlier prep that the new plan does not
     contain are removed.
+
+    An existing dataset prepared with other settings (e.g. another
+    `minutes_per_domain`) is not rebuilt in place unless `replace`: runs trained on it
+    would resume on other data. Prepare such a variant under its own dataset name.
     """
     t0 = time.time()
     m = as_manifest(manifest)
@@ -115,6 +123,10 @@ def prep(manifest: Manifest | str | Path, *, minutes_per_domain: float | None = 
     if old is not None and old.get("params_sha256") == params_sha and not _file_mismatches(m, old):
         log(f"{m.name}: up to date ({len(old['files'])} files match {show_path(m.lock_path)})")
         return _report(m, old, "up to date", t0, produced=[], kept=len(old["files"]))
+    if old is not None and old.get("params_sha256") != params_sha and not replace:
+        from .identity import prep_replacement
+
+        raise DataError(prep_replacement(m, old.get("params", {}), params, len(old["files"])))
 
     skipped: list[dict[str, str]] = []
     if m.kind == "scores":
@@ -241,7 +253,8 @@ def _run_jobs(m: Manifest, jobs: list[Job], workers: int, progress: bool):
                 bar.update(1)
         elif other:
             fork = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(workers, mp_context=fork) as pool:
+            with ProcessPoolExecutor(workers, mp_context=fork, initializer=die_with_parent,
+                                     initargs=(os.getpid(),)) as pool:
                 futures = {pool.submit(_produce_safe, j, str(m.data_dir), m.sample_rate): j
                            for j in other}
                 for fut in as_completed(futures):
@@ -386,7 +399,8 @@ class _Parser:
         if self.workers == 1 or len(missing) < 4:
             return [(w, _parse_safe(w, str(self.cache))) for w in works]
         if self.pool is None:
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"))
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
+                                            initializer=die_with_parent, initargs=(os.getpid(),))
         return list(zip(works, self.pool.map(_parse_safe, works, [str(self.cache)] * len(works))))
 
     def close(self) -> None:
@@ -606,19 +620,35 @@ def verify(manifest: Manifest | str | Path) -> list[str]:
 # ----------------------------------------------------------------------------- CLI
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prep", help="produce a dataset from its manifest (and its lock)",
-                       description=__doc__.split("\n\n")[0])
-    p.add_argument("--manifest", default="data_manifests/scores.yaml")
+    p = sub.add_parser(
+        "prep", help="produce a dataset from its manifest (and its lock)",
+        description="Produce data/<dataset>/<domain>/<split>/*.wav and data/<dataset>/lock.json "
+        "from a manifest. A no-op when every file matches the lock; a file that changed is "
+        "produced again; an existing dataset is never rebuilt with other settings unless "
+        "--replace.")
+    p.add_argument("--manifest", default="data_manifests/scores.yaml",
+                   help="dataset manifest (the cpu study uses data_manifests/scores-8k.yaml)")
     p.add_argument("--verify", action="store_true", help="list every mismatch with the lock; exit 1 if any")
     p.add_argument("--minutes-per-domain", type=float, default=None,
-                   help="train + val audio per domain (rendered datasets)")
-    p.add_argument("--source", default=None, help="MusicNet: musicnet.tar.gz or its extracted folder")
-    p.add_argument("--soundfont", default=None, help="rendered datasets: main soundfont")
-    p.add_argument("--test-works", type=int, default=None,
-                   help="rendered datasets: works in the paired test set")
-    p.add_argument("--on-error", choices=ON_ERROR, default=None, help="override the manifest's policy")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
-    p.add_argument("--no-progress", action="store_true")
+                   help="train + val audio per domain of a rendered dataset (None: the "
+                        "manifest's); another value prepares a dataset of its own, "
+                        "<dataset>-<N>min, with its manifest in data/manifests/")
+    p.add_argument("--source", default=None,
+                   help="MusicNet: musicnet.tar.gz or its extracted folder (None: the "
+                        "manifest's source.path)")
+    p.add_argument("--soundfont", default=None,
+                   help="main soundfont of a rendered dataset (None: the manifest's)")
+    p.add_argument("--test-works", type=positive_int, default=None,
+                   help="works in the paired test set of a rendered dataset (None: the "
+                        "manifest's)")
+    p.add_argument("--on-error", choices=ON_ERROR, default=None,
+                   help="what to do with a bad input (None: the manifest's on_error)")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="processes (None: up to 2)")
+    p.add_argument("--replace", action="store_true",
+                   help="rebuild an existing dataset in place with other settings (runs "
+                        "trained on it will refuse to resume on it)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cli)
 
 
@@ -630,10 +660,19 @@ def _cli(args: argparse.Namespace) -> int:
             print(line)
         print(f"{m.name}: {'OK, every file matches the lock' if not problems else f'{len(problems)} mismatch(es)'}")
         return 1 if problems else 0
-    report = prep(m, minutes_per_domain=args.minutes_per_domain, source=args.source,
-                  soundfont=args.soundfont, test_works=args.test_works,
-                  on_error=args.on_error, workers=args.workers,
-                  progress=not args.no_progress and sys.stderr.isatty())
+    from .identity import variant_manifest
+
+    # Other sizes or soundfonts make a dataset of their own: never a rebuild in place.
+    target = variant_manifest(m, minutes_per_domain=args.minutes_per_domain,
+                              test_works=args.test_works, soundfont=args.soundfont)
+    if target is not m:
+        print(f"{m.name} with these settings is a dataset of its own: {target.name} in "
+              f"{show_path(target.data_dir)}; train and evaluate it with --manifest "
+              f"{show_path(target.path)}")
+        m = target
+    output_dir(m.data_dir, "dataset folder")  # before any work
+    report = prep(m, source=args.source, on_error=args.on_error, workers=args.workers,
+                  progress=not args.no_progress and sys.stderr.isatty(), replace=args.replace)
     print(f"{m.name}: {report['status']} in {report['seconds']:.1f} s; {report['files']} files "
           f"({report['produced']} produced, {report['kept']} kept), lock {show_path(m.lock_path)}")
     print(f"{'domain':<30} {'split':<9} {'files':>5} {'minutes':>8} {'MB':>7}")

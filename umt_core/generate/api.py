@@ -35,6 +35,14 @@ from ..audio import load_audio, mu_law_decode, mu_law_encode, resample, save_aud
 from ..checkpoint import load_model
 from ..device import resolve_device
 from ..model import UMTN
+from ..options import (
+    non_negative_float,
+    non_negative_int,
+    output_rate,
+    positive_float,
+    positive_int,
+)
+from ..outputs import output_dir
 from ..spectral import decode_audio
 from .chunked import Chunking, translate_chunked
 from .incremental import METHODS, _device_of, encode, generate
@@ -166,36 +174,46 @@ def reconstruct(model: UMTN, audio, sample_rate: int, domain, **kwargs):
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("translate", help="translate audio files to other domains")
-    p.add_argument("--checkpoint", required=True, help="umt_core checkpoint (.pt)")
+    p = sub.add_parser("translate", help="translate audio files to other domains",
+                       description="Encode each input and decode it with each target domain's "
+                       "decoder; writes <out-dir>/<stem>_to_<domain>.wav.")
+    p.add_argument("--checkpoint", required=True,
+                   help="umt_core checkpoint (.pt): a run's checkpoints/last.pt or best.pt, or "
+                        "one written by convert-reference")
     p.add_argument("--input", action="append", required=True, metavar="WAV",
                    help="audio file (repeat for several; they are translated as one batch)")
     p.add_argument("--to", action="append", required=True, metavar="DOMAIN",
                    help="target domain name or index (repeat for several)")
     p.add_argument("--out-dir", required=True, help="folder for <stem>_to_<domain>.wav")
-    p.add_argument("--seconds", type=float, default=None, help="translate only the first S seconds")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output-rate", default="model",
-                   help="'model' (default), 'input' (each file's own rate) or a rate in Hz")
-    p.add_argument("--method", default="auto", choices=METHODS)
+    p.add_argument("--seconds", type=positive_float, default=None,
+                   help="translate only the first S seconds (None: whole files)")
+    p.add_argument("--temperature", type=non_negative_float, default=1.0,
+                   help="sampling temperature, a finite number >= 0 (0 = greedy)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
+    p.add_argument("--output-rate", type=output_rate, default="model",
+                   help="'model' (the model's rate), 'input' (each file's own rate) or a "
+                        "rate in Hz")
+    p.add_argument("--method", default="auto", choices=METHODS,
+                   help="generation backend (auto: the fastest available)")
     p.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
                    help="weights of the C++ CPU kernel")
-    p.add_argument("--chunk", type=int, default=None, metavar="SAMPLES",
+    p.add_argument("--chunk", type=non_negative_int, default=None, metavar="SAMPLES",
                    help="chunk length at the model's rate for parallel generation of long "
-                        "inputs (default: about 1 s, at least a training segment; 0 = "
+                        "inputs (None: about 1 s, at least a training segment; 0 = "
                         "each file in one piece)")
-    p.add_argument("--overlap", type=int, default=None, metavar="SAMPLES",
-                   help="cross-faded overlap of consecutive chunks (default: about 50 ms)")
-    p.add_argument("--chunk-batch", type=int, default=None, metavar="N",
-                   help="chunks generated together, across files (default: 32)")
+    p.add_argument("--overlap", type=non_negative_int, default=None, metavar="SAMPLES",
+                   help="cross-faded overlap of consecutive chunks (None: about 50 ms)")
+    p.add_argument("--chunk-batch", type=positive_int, default=None, metavar="N",
+                   help="chunks generated together, across files (None: 32)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cli_translate)
 
 
 def _cli_translate(args: argparse.Namespace) -> int:
-    model = load_model(args.checkpoint, map_location=resolve_device(args.device))
+    device = resolve_device(args.device)
+    output_dir(args.out_dir, "--out-dir")  # before any work
+    model = load_model(args.checkpoint, map_location=device)
     targets = [int(t) if t.isdigit() and t not in model.domains else t for t in args.to]
     t0 = time.perf_counter()
     paths, samples = translate_files(
@@ -220,8 +238,13 @@ def translate_files(model: UMTN, inputs: Sequence[str | Path], targets, out_dir:
     ``<stem>_to_<domain>.wav`` into `out_dir` at the model's rate, each input's own
     (``output_rate="input"``) or a given rate. Returns the paths written and the
     number of model-rate samples translated."""
+    from ..data.identity import verify_locked_file
+
     _, names = _target_names(model, targets)  # unknown domains fail before any work
+    out_dir = output_dir(out_dir, "--out-dir")
     inputs = [Path(p) for p in inputs]
+    for p in inputs:
+        verify_locked_file(p)  # a file of a prepared dataset must match its lock
     stems = [p.stem for p in inputs]
     if len(set(stems)) != len(stems):
         raise ValueError(f"inputs must have distinct file names (stems), got {stems}")
@@ -229,8 +252,6 @@ def translate_files(model: UMTN, inputs: Sequence[str | Path], targets, out_dir:
     loaded = [load_audio(p) for p in inputs]  # AudioError names an unreadable file
     clips = [resample(a, sr, rate) for a, sr in loaded]
     out = translate(model, clips, rate, names, seconds=seconds, **options)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     samples, paths = 0, []
     for name in names:
         for stem, (a, sr), y in zip(stems, loaded, out[name]):

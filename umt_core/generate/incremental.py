@@ -14,6 +14,7 @@ takes the inverse CDF of softmax(logits / temperature); temperature 0 is greedy.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -124,8 +125,9 @@ class IncrementalDecoder:
         logits (D, B, 256, steps). ``forced`` (B, steps) or (D, B, steps) feeds given
         codes instead of sampled ones (teacher forcing). `generator`: one for all rows,
         or one per clip (B), each drawing its clip's D rows as that clip alone would."""
-        if temperature < 0:
-            raise ValueError("temperature must be >= 0 (0 = greedy)")
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), "
+                             f"not {temperature}")
         rows = self.D * self.B
         if forced is not None:
             forced = forced.to(self.device, torch.long)

@@ -35,6 +35,8 @@ import yaml
 from jupyter_client.kernelspec import KernelSpecManager
 
 from .. import data
+from ..config import parse_value
+from ..config import preset as config_preset
 from ..paths import project_root
 from . import cpu_experiment
 from .report import (
@@ -135,13 +137,14 @@ def common_parameters(preset: str, run: str, manifest: str) -> dict[str, Any]:
 
 def parse_values(items: list[str] | None) -> dict[str, Any]:
     """`key=value` strings from the command line; values read as YAML scalars
-    (so `steps=20` is an int, `seconds=0.5` a float, `x=null` None)."""
+    (so `steps=20` is an int, `seconds=0.5` a float, `x=null` None) and numbers as
+    numbers (`train.lr=5e-4`; see `umt_core.config.parse_value`)."""
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"parameter {item!r} must look like key=value")
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        out[key.strip()] = parse_value(value.strip()) if value.strip() else ""
     return out
 
 
@@ -193,6 +196,7 @@ def plan_study(
     overrides = dict(overrides or {})
     config = {k: v for k, v in overrides.items() if "." in k or k in CONFIG_FIELDS}
     plain = {k: v for k, v in overrides.items() if k not in config}
+    config_preset(preset, config)  # a bad override fails here, before any notebook runs
     plan, used = [], set()
     for stem in stems:
         path = notebooks_dir / f"{stem}.ipynb"
@@ -569,19 +573,23 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
         description="Execute the study's notebooks in order with a preset's parameters and "
         "write executed notebooks, HTML, metrics.json and index.html to results/<run>/.",
     )
-    p.add_argument("--preset", default="cpu", choices=sorted(NOTEBOOK_PARAMETERS))
-    p.add_argument("--run", default=None, help="run name (default: the preset's name)")
+    p.add_argument("--preset", default="cpu", choices=sorted(NOTEBOOK_PARAMETERS),
+                   help="smoke: the whole chain on a tiny model, in minutes (its figures are "
+                        "meaningless); cpu: about an hour on 2 cores; paper: the paper's "
+                        "model, for GPUs")
+    p.add_argument("--run", default=None, help="run name (None: the preset's name)")
     p.add_argument("--manifest", default=None,
-                   help=f"dataset manifest (default {PRESET_MANIFESTS['cpu']} for the cpu "
-                   f"preset, {DEFAULT_MANIFEST} for the others)")
+                   help=f"dataset manifest (None: {PRESET_MANIFESTS['cpu']} for the cpu "
+                   f"preset, {DEFAULT_MANIFEST} for the others; smoke prepares a small copy "
+                   "under its own name)")
     p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                    help="notebook parameter, sent to every notebook that declares it")
     p.add_argument("--notebooks", default=None,
-                   help="comma-separated subset to run, by stem or number (e.g. 03,04)")
+                   help="comma-separated subset to run, by stem or number, e.g. 03,04 (None: all four)")
     p.add_argument("--experiment", default=None, choices=sorted(EXPERIMENTS),
-                   help="run every variant of a named comparison into results/<experiment>/")
+                   help="run every variant of a named comparison into results/<experiment>/ (None: a single study)")
     p.add_argument("--variants", default=None,
-                   help="with --experiment: comma-separated subset of its variants to run")
+                   help="with --experiment: comma-separated subset of its variants to run (None: all)")
     p.add_argument("--summarize", action="store_true",
                    help="with --experiment: only rebuild results/<experiment>/ from the "
                         "variants' results already there")
@@ -603,6 +611,8 @@ def _select(spec: str | None) -> tuple[str, ...]:
 
 
 def _cli_study(args: argparse.Namespace) -> int:
+    from ..outputs import output_dir
+
     overrides = parse_values(args.param)
     stems = _select(args.notebooks)
     command = " ".join(["python -m umt_core", *sys.argv[1:]])
@@ -634,6 +644,11 @@ def _cli_study(args: argparse.Namespace) -> int:
                                  notebooks_dir=root / "notebooks", stems=stems):
                 print(f"{run} {nb.stem}: {json.dumps(nb.parameters)}")
         return 0
+    root = project_root()
+    for folder in ("runs", "data", "results"):  # before any notebook runs
+        output_dir(root / folder, f"{folder}/ folder")
+    if not args.experiment:
+        output_dir(root / "results" / (args.run or args.preset), "results folder")
     try:
         if args.experiment:
             run_experiment(args.experiment, args.preset, args.manifest, overrides,

@@ -21,6 +21,7 @@ import torch
 
 from ..data import load_manifest
 from ..device import cpu_name
+from .verdict import is_reference_figure, verdict_html
 
 # Package versions recorded in the provenance.
 PACKAGES = (
@@ -243,10 +244,12 @@ def headline_figures(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, 
     return out
 
 
-def _figure_rows(metrics: dict[str, dict[str, Any]]) -> list[list[str]]:
+def _figure_rows(metrics: dict[str, dict[str, Any]], mark=None) -> list[list[str]]:
+    """Rows (notebook, figure, value); `mark(stem, key)` true adds a dagger to the figure."""
     e = html.escape
     return [
-        [e(stem) if i == 0 else "", e(key), e(_fmt(value))]
+        [e(stem) if i == 0 else "", e(key) + (" &dagger;" if mark and mark(stem, key) else ""),
+         e(_fmt(value))]
         for stem, figures in metrics.items()
         for i, (key, value) in enumerate(figures.items())
     ]
@@ -271,9 +274,11 @@ def index_html(report: StudyReport) -> str:
                         f'<span class="{nb.status.replace(" ", "-")}">{nb.status}</span>',
                         secs, links])
 
+    opening = verdict_html(report.preset, report.metrics, report.results_dir)
+    mark = is_reference_figure if "&dagger;" in opening else None
     headline = headline_figures(report.metrics)
-    fig_rows = _figure_rows(headline or report.metrics)
-    all_rows = _figure_rows(report.metrics) if headline else []
+    fig_rows = _figure_rows(headline or report.metrics, mark)
+    all_rows = _figure_rows(report.metrics, mark) if headline else []
     git = p.get("git", {})
     commit = git.get("commit") or "not a git checkout"
     if git.get("dirty"):
@@ -315,6 +320,7 @@ def index_html(report: StudyReport) -> str:
 <p>Run <b>{e(report.run)}</b>, preset <b>{e(report.preset)}</b> —
 status <span class="{status}">{status}</span>.
 Each notebook below was executed by papermill; its page embeds its figures and audio.</p>
+{opening}
 <h2>Notebooks</h2>
 {_table(["notebook", "", "status", "wall time (s)", "open"], nb_rows, numeric={3})}
 {failures}
