@@ -784,3 +784,45 @@ def test_commands_that_take_a_manifest_default_to_their_presets(root, capsys, mo
         main(["train", "--preset", preset_name, "--run-dir", "r"])
         assert seen[preset_name] == expected
     capsys.readouterr()
+
+
+def test_index_opens_with_a_verdict_marks_reference_figures_and_plays_one_translation(tmp_path):
+    from umt_core.report import NotebookRun, StudyReport, index_html
+
+    out = tmp_path / "results" / "smoke"
+    (out / "examples").mkdir(parents=True)
+    (out / "figures").mkdir()
+    for role in ("source", "translation", "ground_truth"):
+        sf.write(out / "examples" / f"0_bwv1.6_piano-to-cello_{role}.wav", tone(0.1, 220.0), SR)
+    (out / "figures" / "04_sample_0.png").write_bytes(b"\x89PNG")
+    metrics = {
+        "01_data_prep": {"dataset": "scores-smoke", "sample_rate": 16000, "total_minutes": 1.2,
+                         "files": 24},
+        "02_train": {"domains": "piano,cello", "steps": 20, "epochs": 2, "train_minutes": 0.1,
+                     "devices": 1, "best_val_recon": 5.4},
+        "03_loss_analysis": {"runs": 3, "spikes": 4, "divergent_runs": 1,
+                             "bundled_reference": "tests/fixtures/reference_log_excerpt.log",
+                             "this_run_spikes": 0, "this_run_divergent_runs": 0},
+        "04_listening_tests": {"m-best_translation_success": 0.25,
+                               "m-best_translation_classified_as_target": 0.5,
+                               "m-best_translation_chroma": 0.1,
+                               "m-best_ground_truth_chroma": 0.46,
+                               "m-best_ground_truth_success": 1.0},
+    }
+    report = StudyReport("smoke", "smoke", out, [NotebookRun(s, {}, "ok", 1.0) for s in metrics],
+                         metrics=metrics)
+    page = index_html(report)
+    verdict = page[page.index('class="warning"'):page.index("<h2>Notebooks</h2>")]
+    assert "smoke</b> preset" in verdict and "say nothing about the method" in verdict
+    assert "piano, cello</b> for 0.1 minutes of training (20 steps" in verdict
+    assert "scores-smoke</b> (16000 Hz" in verdict
+    assert "25% of translations succeed" in verdict and "succeeds 100% of the time" in verdict
+    assert "reference_log_excerpt.log" in verdict and "This run alone: spikes 0" in verdict
+    for role in ("source", "translation", "ground_truth"):
+        assert f'src="examples/0_bwv1.6_piano-to-cello_{role}.wav"' in verdict
+    assert 'src="figures/04_sample_0.png"' in verdict
+    summary = page[page.index("<h2>Summary</h2>"):]
+    assert "spikes &dagger;" in summary and "divergent_runs &dagger;" in summary
+    assert "this_run_spikes</td>" in summary and "this_run_spikes &dagger;" not in summary
+    report.preset = "cpu"
+    assert 'class="warning"' not in index_html(report)

@@ -897,7 +897,8 @@ def train(cfg: Config, run_dir: str | Path, *, manifest=None,
     if isinstance(manifest, (str, Path)):
         manifest = data.load_manifest(resolve(manifest))
     train_data, val_data, augment = _resolve_data(cfg, manifest, train_data, val_data)
-    identity = dataset_identity(manifest) if manifest is not None else None
+    identity = (dataset_identity(manifest)
+                if manifest is not None and manifest.lock_path.is_file() else None)
     if source is not None and source.config.sample_rate != cfg.sample_rate:
         raise ValueError(f"{init_from}: the model was trained at {source.config.sample_rate} Hz, "
                          f"the data is at {cfg.sample_rate} Hz; prepare the data at the "

@@ -224,7 +224,7 @@ HEADLINES = {
     "01_data_prep": ("dataset", "domains", "total_minutes", "prep_seconds"),
     "02_train": ("steps", "epochs", "wall_seconds", "best_val_recon", "final_val_classifier_acc",
                  "skipped_steps", "rollbacks"),
-    "03_loss_analysis": ("runs", "spikes", "divergent_runs", "restarted_runs"),
+    "03_loss_analysis": ("runs", "spikes", "divergent_runs", "restarted_runs", "this_run_*"),
     "04_listening_tests": ("*_translation_success", "*_translation_classified_as_target",
                            "*_translation_chroma", "*_translation_wave_corr",
                            "*_ground_truth_success", "latent_probe_accuracy",
