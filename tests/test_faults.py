@@ -673,7 +673,7 @@ def test_evaluate_on_an_unprepared_dataset_says_run_prep(root, checkpoint, tmp_p
                          "--json", tmp_path / "e.json"], capsys)
     assert code == 2
     assert "dataset 'never-prepared' is not prepared" in err
-    assert "python -m umt_core prep --manifest" in err and "no test audio" not in err
+    assert "python -m umt_core prep --manifest" in err and "has no test audio" not in err
     assert not (tmp_path / "e.json").exists()
 
 

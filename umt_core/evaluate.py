@@ -460,12 +460,6 @@ class EvalData:
     def from_manifest(cls, manifest) -> EvalData:
         if isinstance(manifest, str | Path):
             manifest = load_manifest(manifest)
-        if not manifest.lock_path.is_file():
-            from .data.manifest import DataError, show_path
-
-            raise DataError(f"dataset {manifest.name!r} is not prepared ({manifest.lock_path} "
-                            f"does not exist); run `python -m umt_core prep --manifest "
-                            f"{show_path(manifest.path)}` first")
         files = {}
         for split in ("train", "val", "test"):
             try:
@@ -473,6 +467,13 @@ class EvalData:
                                 for d, ps in split_files(manifest, split).items()}
             except (FileNotFoundError, ValueError):
                 files[split] = {}
+        if not manifest.lock_path.is_file() and not any(files.get("test", {}).values()):
+            from .data.manifest import DataError, show_path
+
+            raise DataError(f"dataset {manifest.name!r} is not prepared ({manifest.lock_path} "
+                            f"does not exist and {manifest.data_dir} holds no test clips); run "
+                            f"`python -m umt_core prep --manifest {show_path(manifest.path)}` "
+                            "first")
         return cls(int(manifest.sample_rate), list(manifest.domains), files)
 
     @classmethod
