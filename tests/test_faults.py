@@ -787,7 +787,7 @@ def test_commands_that_take_a_manifest_default_to_their_presets(root, capsys, mo
 
 
 def test_index_opens_with_a_verdict_marks_reference_figures_and_plays_one_translation(tmp_path):
-    from umt_core.report import NotebookRun, StudyReport, index_html
+    from umt_core.study.report import NotebookRun, StudyReport, index_html
 
     out = tmp_path / "results" / "smoke"
     (out / "examples").mkdir(parents=True)
