@@ -17,7 +17,7 @@ from typing import Any
 REFERENCE_EXCERPT = "tests/fixtures/reference_log_excerpt.log"
 
 SMOKE_WARNING = (
-    "This is the <b>smoke</b> preset: a model of a few thousand weights trained for a few "
+    "This is the <b>smoke</b> preset: a model of some twenty thousand weights trained for a few "
     "steps on seconds of audio, to show that every step of the chain runs. Its figures say "
     "nothing about the method. <code>make study</code> (the cpu preset, about an hour on "
     "2 cores) gives figures worth reading.")
