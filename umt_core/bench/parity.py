@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..config import PRECISIONS, parse_overrides, preset
+from ..options import positive_int
 from ..paths import resolve
 from ..statistics import bootstrap_mean, rate
 
@@ -133,16 +134,19 @@ def format_parity(r: dict[str, Any]) -> str:
 def register(which: argparse._SubParsersAction) -> None:
     p = which.add_parser("parity", help="fp32 vs bf16 training from the same seed: validation "
                                         "loss and evaluation figures")
-    p.add_argument("--preset", default="cpu")
-    p.add_argument("--manifest", default="data_manifests/scores-8k.yaml")
-    p.add_argument("--domains", nargs="+", default=["piano", "cello"])
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--preset", default="cpu", choices=("smoke", "cpu", "paper"),
+                   help="config preset trained in both precisions")
+    p.add_argument("--manifest", default="data_manifests/scores-8k.yaml",
+                   help="dataset manifest, prepared with `prep`")
+    p.add_argument("--domains", nargs="+", default=["piano", "cello"], help="domains trained")
+    p.add_argument("--steps", type=positive_int, default=300, help="training steps of each run")
     p.add_argument("--run-root", default="runs/precision-parity",
                    help="runs <root>/fp32 and <root>/bf16 (resumed when there)")
-    p.add_argument("--clips", type=int, default=8, help="test clips per source domain")
+    p.add_argument("--clips", type=positive_int, default=8, help="test clips per source domain")
     p.add_argument("-o", "--override", action="append", default=[],
-                   metavar="SECTION.FIELD=VALUE")
-    p.add_argument("--json", help="also write the result here")
+                   metavar="SECTION.FIELD=VALUE", help="config override (repeatable)")
+    p.add_argument("--json", default=None,
+                   help="also write the result to this JSON file (None: print only)")
     p.set_defaults(func=_cli)
 
 

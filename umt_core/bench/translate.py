@@ -29,6 +29,7 @@ from ..generate.api import translate_files
 from ..generate.chunked import Chunking
 from ..generate.incremental import resolve_method
 from ..model import UMTN
+from ..options import non_negative_int, positive_float, positive_int
 
 
 def _rss_bytes() -> int:
@@ -134,14 +135,18 @@ def _where(device: torch.device) -> str:
 def register(which: argparse._SubParsersAction) -> None:
     p = which.add_parser("translate", help="a whole file end to end: wall time, real-time "
                                            "factor; sequential and chunked, fp32 and bf16")
-    p.add_argument("--preset", default="paper")
-    p.add_argument("--seconds", type=float, default=60.0, help="length of the input")
+    p.add_argument("--preset", default="paper", choices=("smoke", "cpu", "paper"),
+                   help="config preset whose model translates")
+    p.add_argument("--seconds", type=positive_float, default=60.0, help="length of the input")
     p.add_argument("--modes", nargs="+", default=["sequential", "chunked"],
-                   choices=["sequential", "chunked"])
-    p.add_argument("--chunk", type=int, default=None, help="chunk length (default: the model's)")
-    p.add_argument("--overlap", type=int, default=None, help="chunk overlap (default: the model's)")
-    p.add_argument("--chunk-batch", type=int, default=None, help="chunks per batch (default 32)")
-    p.add_argument("--method", default="auto")
-    p.add_argument("--device", default="auto")
+                   choices=["sequential", "chunked"], help="ways of translating measured")
+    p.add_argument("--chunk", type=non_negative_int, default=None,
+                   help="chunk length (None: the model's)")
+    p.add_argument("--overlap", type=non_negative_int, default=None,
+                   help="chunk overlap (None: the model's)")
+    p.add_argument("--chunk-batch", type=positive_int, default=None,
+                   help="chunks per batch (None: 32)")
+    p.add_argument("--method", default="auto", help="generation backend (auto: the fastest)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--progress", action="store_true", help="progress bars")
     p.set_defaults(func=lambda args: (measure(args), 0)[1])
