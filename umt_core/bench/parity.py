@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import PRECISIONS, parse_overrides, preset
+from ..config import PRECISIONS, PRESETS, parse_overrides, preset
 from ..options import positive_int
 from ..paths import resolve
 from ..statistics import bootstrap_mean, rate
@@ -134,7 +134,7 @@ def format_parity(r: dict[str, Any]) -> str:
 def register(which: argparse._SubParsersAction) -> None:
     p = which.add_parser("parity", help="fp32 vs bf16 training from the same seed: validation "
                                         "loss and evaluation figures")
-    p.add_argument("--preset", default="cpu", choices=("smoke", "cpu", "paper"),
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
                    help="config preset trained in both precisions")
     p.add_argument("--manifest", default="data_manifests/scores-8k.yaml",
                    help="dataset manifest, prepared with `prep`")

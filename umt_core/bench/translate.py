@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..audio import save_audio
-from ..config import preset
+from ..config import PRESETS, preset
 from ..device import cpu_name, resolve_device
 from ..generate.api import translate_files
 from ..generate.chunked import Chunking
@@ -135,7 +135,7 @@ def _where(device: torch.device) -> str:
 def register(which: argparse._SubParsersAction) -> None:
     p = which.add_parser("translate", help="a whole file end to end: wall time, real-time "
                                            "factor; sequential and chunked, fp32 and bf16")
-    p.add_argument("--preset", default="paper", choices=("smoke", "cpu", "paper"),
+    p.add_argument("--preset", default="paper", choices=sorted(PRESETS),
                    help="config preset whose model translates")
     p.add_argument("--seconds", type=positive_float, default=60.0, help="length of the input")
     p.add_argument("--modes", nargs="+", default=["sequential", "chunked"],
