@@ -78,11 +78,11 @@ def test_chosen_thresholds_pass_and_fail_the_right_rows(signals):
     assert all(r["separates"] for r in report.values()), {k: r["separates"] for k, r in report.items()}
     table = cb.pass_table(cb.pass_rates(signals, th))
     for row in ("ground_truth", "gt_snr20"):
-        assert table.loc["target", row] == 1 and table.loc["clean", row] == 1
+        assert table.loc["instrument", row] == 1 and table.loc["clean", row] == 1
         assert table.loc["notes", row] == 1
     for row in ("gt_snr5", "shaped_noise"):
         assert table.loc["clean", row] == 0 and table.loc["success", row] == 0
-    assert table.loc["target", "source"] == 0 and table.loc["success", "source"] == 0
+    assert table.loc["instrument", "source"] == 0 and table.loc["success", "source"] == 0
     assert table.loc["notes", "unrelated"] == 0 and table.loc["success", "unrelated"] == 0
     assert table.loc["notes", "source"] == 1  # a copy keeps the notes: target fails it
     assert table.loc["success", "ground_truth"] == 1

@@ -267,8 +267,8 @@ def test_goal_check_passes_the_truth_and_fails_a_copy_of_the_source():
     assert all(t["separates"] for t in truth["thresholds"].values())
     copy = goal_check(_signals("source"))
     assert copy["notes_kept"]["passed"] and copy["clean"]["passed"]  # its notes are right
-    assert copy["target"]["value"] == 0.0 and copy["closer_to_target"]["value"] == 0.0
-    assert not copy["success"]["passed"] and 0 < copy["target"]["ci_high"] < 0.6
+    assert copy["instrument"]["value"] == 0.0 and copy["closer_to_target"]["value"] == 0.0
+    assert not copy["success"]["passed"] and 0 < copy["instrument"]["ci_high"] < 0.6
     noise = goal_check(_signals("shaped_noise"))
     assert not noise["clean"]["passed"] and noise["notes_kept"]["value"] == 0.0
     with pytest.raises(ValueError, match="no translation rows"):

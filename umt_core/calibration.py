@@ -19,7 +19,7 @@ source              the source clip itself (a copy)                        fails
 unrelated           another work played by the target instrument           fails notes
 ==================  =====================================================  ==========
 
-Criteria (`Thresholds`): **target** (the instrument classifier's probability of the
+Criteria (`Thresholds`): **instrument** (the instrument classifier's probability of the
 target domain; the classifier knows only the model's domains, chance = 1/domains),
 **clean** (`noise_flatness`: the flatness of the spectrum's fine structure, a noise
 floor that noise shaped like an instrument cannot hide under),
@@ -32,32 +32,35 @@ the rows that must fail, and says whether they separate.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from . import content
-from .evaluate import (
+from .signals import (
     MEL_FFT,
     InstrumentClassifier,
-    _active,
-    _power_spectrogram,
+    chroma_agreement,
+    cut,
     degrade,
     logmel_distance,
+    loud_frames,
+    power_spectrogram,
     spectral_flatness,
+    spread,
     train_instrument_classifier,
 )
 from .statistics import rate
 
 ROWS = ("ground_truth", "gt_snr20", "gt_snr10", "gt_snr5", "gt_code_noise",
         "gt_source_envelope", "shaped_noise", "source", "unrelated")
-CRITERIA = ("target", "clean", "notes", "closer_to_target", "success")
+CRITERIA = ("instrument", "clean", "notes", "closer_to_target", "success")
 # What a threshold must do: rows that must pass and rows that must fail, per criterion.
-MUST_PASS = {"target": ("ground_truth", "gt_snr20"), "clean": ("ground_truth", "gt_snr20"),
+MUST_PASS = {"instrument": ("ground_truth", "gt_snr20"), "clean": ("ground_truth", "gt_snr20"),
              "notes": ("ground_truth", "gt_snr20")}
-MUST_FAIL = {"target": ("source",), "clean": ("gt_snr5", "shaped_noise"),
+MUST_FAIL = {"instrument": ("source",), "clean": ("gt_snr5", "shaped_noise"),
              "notes": ("unrelated",)}
 ENVELOPE_HOP = 128
 SPECTRUM_SMOOTHING_BINS = 4.0  # Gaussian sigma (STFT bins) of the shaped noise's envelope
@@ -71,7 +74,7 @@ class Thresholds:
     target_prob: float = 0.5  # classifier's target probability at least this = target
     clean_flatness: float = 0.25  # noise_flatness below this = clean
     notes_kept: float = 0.5  # notes kept against the score at least this = notes
-    # The old noise flag (evaluate.Criteria.noise_flatness), shown for comparison only.
+    # The first evaluation's noise flag (plain flatness above 0.3), shown for comparison only.
     old_noise_flatness: float = 0.3
 
 
@@ -115,7 +118,7 @@ def with_envelope(audio: np.ndarray, envelope_of: np.ndarray, max_gain_db: float
 
 def average_spectrum(clips: Sequence[np.ndarray]) -> np.ndarray:
     """Mean power spectrum (MEL_FFT // 2 + 1 bins) over every frame of `clips`."""
-    specs = [_power_spectrogram(np.asarray(c, dtype=np.float32)) for c in clips if len(c)]
+    specs = [power_spectrogram(np.asarray(c, dtype=np.float32)) for c in clips if len(c)]
     if not specs:
         raise ValueError("average_spectrum: no audio")
     return np.concatenate(specs, axis=1).mean(axis=1)
@@ -201,10 +204,10 @@ def noise_flatness(audio: np.ndarray, sample_rate: int) -> float:
     a = np.asarray(audio, dtype=np.float32)
     if not a.size or np.abs(a).max() <= 0:
         return 0.0
-    S = _power_spectrogram(a)
+    S = power_spectrogram(a)
     envelope = gaussian_filter1d(S, 2 * SPECTRUM_SMOOTHING_BINS, axis=0)
     flat = librosa.feature.spectral_flatness(S=S / np.maximum(envelope, 1e-20), power=1.0)[0]
-    active = _active(S.sum(axis=0))
+    active = loud_frames(S.sum(axis=0))
     return float(np.median(flat[active])) if active.any() else 0.0
 
 
@@ -235,11 +238,11 @@ def verdicts(signals: pd.DataFrame, th: Thresholds) -> pd.DataFrame:
     s = signals
     notes = s["notes_kept_score"].where(s["notes_kept_score"].notna(), s["notes_kept_truth"])
     out = pd.DataFrame(index=s.index)
-    out["target"] = s["target_prob"] >= th.target_prob
+    out["instrument"] = s["target_prob"] >= th.target_prob
     out["clean"] = s["noise_flatness"] < th.clean_flatness
     out["notes"] = notes >= th.notes_kept
     out["closer_to_target"] = s["dist_target"] < s["dist_source"]
-    out["success"] = out[["target", "clean", "notes", "closer_to_target"]].all(axis=1)
+    out["success"] = out[["instrument", "clean", "notes", "closer_to_target"]].all(axis=1)
     out["old_not_noise"] = s["flatness"] <= th.old_noise_flatness
     return out
 
@@ -304,8 +307,8 @@ def choose_thresholds(signals: pd.DataFrame, tolerance: float = 0.0) -> tuple[Th
         return np.concatenate([by[r][col].to_numpy(float) for r in rows])
 
     report: dict[str, Any] = {}
-    t_target, ok_t = _between(values("target_prob", MUST_PASS["target"]),
-                              values("target_prob", MUST_FAIL["target"]), True, tolerance)
+    t_target, ok_t = _between(values("target_prob", MUST_PASS["instrument"]),
+                              values("target_prob", MUST_FAIL["instrument"]), True, tolerance)
     t_clean, ok_c = _between(values("noise_flatness", MUST_PASS["clean"]),
                              values("noise_flatness", MUST_FAIL["clean"]), False, tolerance)
     t_notes, ok_n = _between(values("notes", MUST_PASS["notes"]),
@@ -313,7 +316,7 @@ def choose_thresholds(signals: pd.DataFrame, tolerance: float = 0.0) -> tuple[Th
     th = Thresholds(target_prob=t_target, clean_flatness=t_clean, notes_kept=t_notes)
     for name, value, ok in (("target_prob", t_target, ok_t), ("clean_flatness", t_clean, ok_c),
                             ("notes_kept", t_notes, ok_n)):
-        crit = {"target_prob": "target", "clean_flatness": "clean", "notes_kept": "notes"}[name]
+        crit = {"target_prob": "instrument", "clean_flatness": "clean", "notes_kept": "notes"}[name]
         report[name] = {"value": value, "separates": ok, "tolerance": tolerance,
                         "must_pass": list(MUST_PASS[crit]), "must_fail": list(MUST_FAIL[crit])}
     return th, report
@@ -322,20 +325,27 @@ def choose_thresholds(signals: pd.DataFrame, tolerance: float = 0.0) -> tuple[Th
 # ------------------------------------------------------------ a dataset's rows
 
 
-def calibration_signals(data, source: str, target: str, classifier: InstrumentClassifier, *,
-                        notes: content.ScoreNotes | None = None, split: str = "test",
-                        segments: int = 4, seconds: float = 2.0, spectrum_files: int = 8,
-                        other_works: int = 3, seed: int = 0, mu_law: str = "torchaudio",
-                        translate: Callable[[np.ndarray], np.ndarray] | None = None
-                        ) -> pd.DataFrame:
-    """`clip_signals` of every calibration row for `segments` clips of `seconds` spread
-    over each paired work of `split` (`data` is an `evaluate.EvalData`), translating
-    `source` into `target`. One row per (work, segment, calibration row), with columns
-    row, work, start (seconds) and the signals. `notes` (the dataset's score notes)
-    adds the score-based content signals. `translate` (source clip -> a model's output in
-    `target`) adds the row "translation", scored on the same clips as the others."""
-    from .evaluate import _spread
+@dataclass
+class PairedClip:
+    """One segment of one paired work, translating `source` into `target`: the source's
+    audio, the ground truth (the target's rendering of the same notes), unrelated clips
+    (other works by the target instrument), and the score's notes where known."""
 
+    work: str
+    start: int  # samples into the rendered work
+    source: np.ndarray
+    ground_truth: np.ndarray
+    unrelated: list[np.ndarray]
+    events: np.ndarray | None = None
+    wrong_events: list[np.ndarray] = field(default_factory=list)
+
+
+def paired_clips(data, source: str, target: str, *, split: str = "test", segments: int = 4,
+                 seconds: float = 2.0, works: int | None = None, other_works: int = 3,
+                 notes: content.ScoreNotes | None = None) -> list[PairedClip]:
+    """`segments` clips of `seconds` spread over each work of `split` rendered in both
+    `source` and `target` (`works` of them at most, spread over the sorted list; `data`
+    is an `evaluate.EvalData`). `notes` (the dataset's score notes) adds the notes."""
     sr = data.sample_rate
     for d in (source, target):
         if d not in data.domains:
@@ -345,40 +355,77 @@ def calibration_signals(data, source: str, target: str, classifier: InstrumentCl
     pairs = [(p, tgt_files[p.stem]) for p in files[source] if p.stem in tgt_files]
     if len(pairs) < 2:
         raise ValueError(f"{split} split: {len(pairs)} works rendered in both {source!r} and "
-                         f"{target!r}; calibration needs at least 2 paired works")
+                         f"{target!r}; at least 2 paired works are needed (one is another's "
+                         "wrong notes). A dataset rendered from scores gets a paired val split "
+                         "from `split.val_works` in its manifest: prepare it again")
+    if works is not None:
+        pairs = spread(pairs, max(works, 2))
+    length = round(seconds * sr)
+    audio = {p: data.load(p) for pair in pairs for p in pair}
+    events = {}
+    if notes is not None:
+        for _, g in pairs:
+            notes.check_rendering(g.stem, target, len(audio[g]), sr)
+            events[g.stem] = notes.events(g.stem, target)
+    out = []
+    for i, (s_path, g_path) in enumerate(pairs):
+        others = [pairs[(i + k) % len(pairs)][1]
+                  for k in range(1, min(other_works, len(pairs) - 1) + 1)]
+        for start in content.segment_starts(audio[g_path], sr, seconds, segments):
+            unrelated = []
+            for o in others:
+                s = start if start + length <= len(audio[o]) else \
+                    content.segment_starts(audio[o], sr, seconds, 1)[0]
+                unrelated.append(cut(audio[o], s, length))
+            out.append(PairedClip(s_path.stem, start, cut(audio[s_path], start, length),
+                                  cut(audio[g_path], start, length), unrelated,
+                                  events.get(s_path.stem),
+                                  [events[o.stem] for o in others if o.stem in events]))
+    return out
+
+
+def target_spectrum(data, target: str, files: int = 8) -> np.ndarray:
+    """The target instrument's average spectrum over `files` of its training audio."""
     train = data.split("train")[target]
     if not train:
         raise ValueError(f"domain {target!r} has no training audio for its average spectrum")
-    spectrum = average_spectrum([data.load(p) for p in _spread(train, spectrum_files)])
+    return average_spectrum([data.load(p) for p in spread(train, files)])
+
+
+def candidate_signals(candidate: np.ndarray, clip: PairedClip, target: str, sample_rate: int,
+                      classifier: InstrumentClassifier) -> dict[str, Any]:
+    """`clip_signals` of one candidate for `clip`, with the STFT chroma agreement with
+    the source as a secondary column (`source_chroma`: it rewards the source's timbre)."""
+    sig = clip_signals(candidate, sample_rate, classifier=classifier, target=target,
+                       source=clip.source, ground_truth=clip.ground_truth,
+                       start=clip.start / sample_rate, events=clip.events,
+                       wrong_events=clip.wrong_events, unrelated=clip.unrelated)
+    return {**sig, "source_chroma": chroma_agreement(clip.source, candidate, sample_rate)}
+
+
+def calibration_signals(data, source: str, target: str, classifier: InstrumentClassifier, *,
+                        clips: Sequence[PairedClip] | None = None, spectrum_files: int = 8,
+                        seed: int = 0, mu_law: str = "torchaudio",
+                        translate: Callable[[np.ndarray], np.ndarray] | None = None,
+                        **clip_options: Any) -> pd.DataFrame:
+    """The signals of every calibration row for each paired clip (`clips`, or
+    `paired_clips(data, source, target, **clip_options)`), translating `source` into
+    `target`. One row per (work, segment, calibration row), with columns row, work,
+    start (seconds) and the signals. `translate` (source clip -> a model's output in
+    `target`) adds the row "translation", scored on the same clips as the others."""
+    sr = data.sample_rate
+    if clips is None:
+        clips = paired_clips(data, source, target, **clip_options)
+    spectrum = target_spectrum(data, target, spectrum_files)
     rng = np.random.default_rng([seed, 1616])
-    length = round(seconds * sr)
-    audio = {p: data.load(p) for pair in pairs for p in pair}
-    works = [p.stem for p, _ in pairs]
-    events = ({w: notes.events(w, target) for w in works} if notes is not None else {})
-    for (_, g) in pairs:
-        if notes is not None:
-            notes.check_rendering(g.stem, target, len(audio[g]), sr)
     records = []
-    for i, (s_path, g_path) in enumerate(pairs):
-        work = s_path.stem
-        others = [pairs[(i + k) % len(pairs)][1] for k in range(1, min(other_works, len(pairs) - 1) + 1)]
-        wrong = [events[o.stem] for o in others] if notes is not None else []
-        for start in content.segment_starts(audio[g_path], sr, seconds, segments):
-            cut = lambda a, s=start: np.pad(a[s:s + length], (0, max(0, s + length - len(a))))
-            gt, src = cut(audio[g_path]), cut(audio[s_path])
-            unrelated = []
-            for o in others:
-                oa = audio[o]
-                s = start if start + length <= len(oa) else content.segment_starts(oa, sr, seconds, 1)[0]
-                unrelated.append(cut(oa, s))
-            rows = calibration_rows(gt, src, unrelated[0], target_spectrum=spectrum, rng=rng,
-                                    mu_law=mu_law)
-            if translate is not None:
-                out = np.asarray(translate(src), dtype=np.float32)[:length]
-                rows["translation"] = np.pad(out, (0, length - len(out)))
-            for name, cand in rows.items():
-                sig = clip_signals(cand, sr, classifier=classifier, target=target, source=src,
-                                   ground_truth=gt, start=start / sr, events=events.get(work),
-                                   wrong_events=wrong, unrelated=unrelated)
-                records.append({"row": name, "work": work, "start": start / sr, **sig})
+    for clip in clips:
+        rows = calibration_rows(clip.ground_truth, clip.source, clip.unrelated[0],
+                                target_spectrum=spectrum, rng=rng, mu_law=mu_law)
+        if translate is not None:
+            rows["translation"] = cut(np.asarray(translate(clip.source), dtype=np.float32), 0,
+                                      len(clip.source))
+        for name, cand in rows.items():
+            records.append({"row": name, "work": clip.work, "start": clip.start / sr,
+                            **candidate_signals(cand, clip, target, sr, classifier)})
     return pd.DataFrame(records)

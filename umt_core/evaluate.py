@@ -1,34 +1,31 @@
-"""Objective evaluation of translations: does it sound like the target instrument,
-does it keep the notes, is it more than a copy, and does the latent still carry the
-source instrument?
+"""Objective evaluation of translations: does it sound like the target instrument, is
+it clean, does it keep the notes, and does the latent still carry the source
+instrument?
 
-No single number says whether a translation worked. A decoder can stamp its timbre
-on babble (100% "classified as the target", notes gone), or copy its input (notes
-perfect, instrument unchanged). So every clip gets several signals and a combined
-verdict, and every table carries reference rows computed on the same clips:
+No single number says whether a translation worked. A decoder can stamp its timbre on
+babble, or copy its input. So every clip gets several signals, and every table carries
+the *calibration rows* (`umt_core.calibration`) on the same clips: the ground truth, the
+ground truth with white noise at 20, 10 and 5 dB SNR, with mu-law code noise, under the
+source's loudness envelope, noise shaped like the target instrument, the source itself
+and another work by the target instrument. Each criterion's pass rate on each row shows
+what the criterion can tell apart.
 
-- ``translation``: the model's output for a source clip and a target domain;
-- ``identity``: the source itself, relabelled as the target (a perfect copy);
-- ``ground_truth``: the real rendering of the same notes by the target instrument
-  (paired test set);
-- ``unrelated``: another test clip of the target instrument (right timbre, wrong notes);
-- ``reconstruction``: the source decoded by its own domain's decoder.
+Per clip (thresholds chosen on the *validation* works by `calibration.choose_thresholds`,
+never on the works reported):
 
-Signals per clip (thresholds in `Criteria`):
+- **instrument**: the instrument classifier (over the model's domains only; chance =
+  1 / domains) gives the target domain at least `target_prob`;
+- **clean**: the noise floor (`calibration.noise_flatness`) is below `clean_flatness`;
+- **notes**: notes kept (`umt_core.content`: CQT chroma against the score's pitch
+  classes, or against the paired ground truth where the score is unknown; 0 = wrong
+  notes, 1 = as the real rendering) is at least `notes_kept`;
+- **closer_to_target**: the log-mel distance to the ground truth is below that to the
+  source.
 
-- instrument classifier verdict (log-mel statistics, logistic regression trained on
-  the dataset's training audio after the model's mu-law quantisation and
-  generation-like code noise, so it judges the instrument and not the artefacts);
-- chroma agreement with the source (time-aligned, frame-wise correlation of 12-bin
-  chroma), compared with the same measure between the source and unrelated clips of
-  the target instrument (the control);
-- waveform correlation with the source (a copy correlates highly; the real rendering
-  by another instrument correlates about 0.05);
-- log-mel distance to the paired ground truth and to the source (direction);
-- spectral flatness (a diverged model outputs noise).
-
-``success = classified as target AND chroma clearly above the control AND not a copy
-AND closer to the target than to the source``.
+``success = instrument AND clean AND notes AND closer_to_target``. The STFT chroma agreement
+with the source (`source_chroma`) and the plain spectral flatness are shown beside, in
+no verdict. Each work is judged on `segments` clips spread over its whole length; rates
+carry Wilson intervals and means bootstrap intervals over works.
 
 Model-level signals: a fresh logistic-regression probe predicting the source domain
 from encoder latents of held-out audio (against chance), and the latent-use gap (the
@@ -38,8 +35,6 @@ reconstruction loss with a time-shuffled latent minus the loss with the true one
 from __future__ import annotations
 
 import argparse
-import functools
-import itertools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -47,314 +42,40 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import librosa
 import numpy as np
 import pandas as pd
 import torch
-from threadpoolctl import threadpool_limits
 
-from .audio import load_audio, mu_law_decode, mu_law_encode
+from . import calibration
+from .audio import load_audio, mu_law_encode
+from .calibration import PairedClip, Thresholds
 from .checkpoint import load_model
+from .content import ScoreNotes
 from .data import load_manifest, split_files
 from .forward import reconstruction_loss_sum
 from .generate import translate
-from .model import N_CLASSES
 from .options import non_negative_float, positive_float, positive_int
 from .outputs import output_file
 from .paths import resolve
+from .signals import (
+    InstrumentClassifier,
+    as_audio,
+    cut,
+    small_blas,
+    spread,
+    windows,
+)
+from .statistics import bootstrap_mean, rate
 
-CONDITIONS = ("translation", "identity", "ground_truth", "unrelated", "reconstruction")
-
-# Feature settings (16 kHz audio; other rates scale the window in time).
-N_MELS = 64
-MEL_FFT = 1024
-MEL_HOP = 256
-CHROMA_FFT = 4096
-CHROMA_HOP = 512
-DB_FLOOR = -80.0
-ACTIVE_DB = -40.0  # a frame within this many dB of the loudest frame is "active"
-
-# Generation-like noise for the classifier's training audio: standard deviations of
-# an integer offset added to the mu-law codes (0 = quantisation only, as greedy output).
-CODE_NOISE_LEVELS = (0.0, 0.5, 1.0, 2.0, 3.0)
-
-
-@dataclass
-class Criteria:
-    """Thresholds of the per-clip verdicts."""
-
-    copy_correlation: float = 0.3  # waveform correlation with the source above this = copy
-    content_margin: float = 0.05  # chroma agreement must beat the best control by this
-    noise_flatness: float = 0.3  # median spectral flatness of active frames above this = noise
-    silent_peak: float = 1e-3  # peak amplitude below this = silent output
-
-
-# --------------------------------------------------------------------------- signals
-
-
-def _as_audio(a: np.ndarray | torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(torch.as_tensor(a).detach().cpu(), dtype=np.float32))
-
-
-def _same_length(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    n = min(len(a), len(b))
-    return a[:n], b[:n]
-
-
-def _active(energy: np.ndarray, db: float = ACTIVE_DB) -> np.ndarray:
-    """Frames whose energy is within `db` dB of the loudest frame."""
-    peak = float(energy.max()) if energy.size else 0.0
-    if peak <= 0:
-        return np.zeros(energy.shape, dtype=bool)
-    return energy >= peak * 10 ** (db / 10)
-
-
-@functools.lru_cache(maxsize=8)
-def _mel_basis(sample_rate: int) -> np.ndarray:
-    return librosa.filters.mel(sr=sample_rate, n_fft=MEL_FFT, n_mels=N_MELS,
-                               fmax=sample_rate / 2).astype(np.float32)
-
-
-def _power_spectrogram(audio: np.ndarray) -> np.ndarray:
-    return np.abs(librosa.stft(_as_audio(audio), n_fft=MEL_FFT, hop_length=MEL_HOP)) ** 2
-
-
-def logmel(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Log-mel spectrogram (N_MELS, frames) in dB relative to its own maximum, floored
-    at -80 dB: independent of the clip's level."""
-    S = _mel_basis(sample_rate) @ _power_spectrogram(audio)
-    peak = float(S.max()) if S.size else 0.0
-    if peak <= 1e-12:
-        return np.full(S.shape, DB_FLOOR, dtype=np.float32)
-    return np.maximum(10 * np.log10(np.maximum(S, 1e-12) / peak), DB_FLOOR).astype(np.float32)
-
-
-def instrument_features(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Per log-mel band over the active frames: mean, standard deviation and mean
-    absolute change from frame to frame (how notes decay or sustain)."""
-    L = logmel(audio, sample_rate)
-    active = _active(np.power(10, L / 10).sum(axis=0))
-    if active.sum() < 2:
-        active = np.ones(L.shape[1], dtype=bool)
-    La = L[:, active]
-    change = np.abs(np.diff(L, axis=1))[:, active[1:]] if L.shape[1] > 1 else np.zeros_like(La)
-    if change.shape[1] == 0:
-        change = np.zeros((L.shape[0], 1), dtype=L.dtype)
-    return np.concatenate([La.mean(axis=1), La.std(axis=1), change.mean(axis=1)]).astype(np.float32)
-
-
-def chroma(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """12-bin chroma (12, frames) from a long-window STFT, tuning fixed at A440."""
-    return librosa.feature.chroma_stft(
-        y=_as_audio(audio), sr=sample_rate, n_fft=CHROMA_FFT, hop_length=CHROMA_HOP,
-        tuning=0.0, norm=None,
-    )
-
-
-def chroma_agreement(reference: np.ndarray, candidate: np.ndarray, sample_rate: int) -> float:
-    """Time-aligned pitch-content agreement in [-1, 1]: the correlation between the two
-    12-bin chroma vectors of each frame, averaged over the reference's active frames.
-    Identical notes give 1; unrelated notes give roughly the key's overlap."""
-    ref, cand = _same_length(_as_audio(reference), _as_audio(candidate))
-    A, B = chroma(ref, sample_rate), chroma(cand, sample_rate)
-    frames = _active(A.sum(axis=0))
-    if not frames.any():
-        return float("nan")
-    A, B = A[:, frames], B[:, frames]
-    A = A - A.mean(axis=0)
-    B = B - B.mean(axis=0)
-    na, nb = np.linalg.norm(A, axis=0), np.linalg.norm(B, axis=0)
-    ok = (na > 1e-9) & (nb > 1e-9)
-    r = np.zeros(A.shape[1])
-    r[ok] = (A[:, ok] * B[:, ok]).sum(axis=0) / (na[ok] * nb[ok])
-    return float(r.mean())
-
-
-def waveform_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two time-aligned waveforms (0 if either is constant)."""
-    x, y = _same_length(_as_audio(a).astype(np.float64), _as_audio(b).astype(np.float64))
-    x, y = x - x.mean(), y - y.mean()
-    den = math.sqrt(float((x * x).sum()) * float((y * y).sum()))
-    return float((x * y).sum() / den) if den > 1e-12 else 0.0
-
-
-def logmel_distance(a: np.ndarray, b: np.ndarray, sample_rate: int) -> float:
-    """Mean absolute difference (dB) of the time-aligned, level-normalised log-mels."""
-    x, y = _same_length(_as_audio(a), _as_audio(b))
-    return float(np.abs(logmel(x, sample_rate) - logmel(y, sample_rate)).mean())
-
-
-def spectral_flatness(audio: np.ndarray, sample_rate: int) -> float:
-    """Median spectral flatness of the active frames: about 0.56 for white noise,
-    below 0.05 for pitched music."""
-    a = _as_audio(audio)
-    if np.abs(a).max() <= 0:
-        return 0.0
-    S = _power_spectrogram(a)
-    flat = librosa.feature.spectral_flatness(S=S, power=1.0)[0]
-    active = _active(S.sum(axis=0))
-    return float(np.median(flat[active])) if active.any() else 0.0
-
-
-def is_noise(audio: np.ndarray, sample_rate: int, criteria: Criteria | None = None) -> bool:
-    """The output sanity check: is this (broadband) noise rather than music?"""
-    return spectral_flatness(audio, sample_rate) > (criteria or Criteria()).noise_flatness
-
-
-def _small_blas(fn):
-    """Run `fn` with single-threaded BLAS: the matrices here are small, and BLAS threads
-    fighting over a busy CPU made them 10-50 times slower."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with threadpool_limits(limits=1, user_api="blas"):
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
-# ---------------------------------------------------------------- instrument classifier
-
-
-def degrade(audio: np.ndarray, rng: np.random.Generator, mu_law: str = "torchaudio",
-            code_noise: float | None = None) -> np.ndarray:
-    """The audio as a model would output it: mu-law quantised, with an integer noise of
-    standard deviation `code_noise` (drawn from CODE_NOISE_LEVELS when None) added to
-    the codes, as sampling from the decoder's softmax does."""
-    return degrade_many([audio], rng, mu_law, code_noise)[0]
-
-
-def degrade_many(clips: Sequence[np.ndarray], rng: np.random.Generator,
-                 mu_law: str = "torchaudio", code_noise: float | None = None) -> list[np.ndarray]:
-    """`degrade` for many clips at once (one quantisation call; the noise level is drawn
-    per clip when `code_noise` is None)."""
-    clips = [_as_audio(c) for c in clips]
-    if not clips:
-        return []
-    bounds = np.cumsum([0] + [len(c) for c in clips])
-    codes = mu_law_encode(torch.from_numpy(np.concatenate(clips)), mu_law).numpy()
-    levels = [float(rng.choice(CODE_NOISE_LEVELS)) if code_noise is None else float(code_noise)
-              for _ in clips]
-    for (a, b), level in zip(itertools.pairwise(bounds), levels):
-        if level > 0:
-            codes[a:b] += np.rint(rng.normal(0.0, level, size=b - a)).astype(codes.dtype)
-    out = mu_law_decode(torch.from_numpy(np.clip(codes, 0, N_CLASSES - 1)), mu_law).numpy()
-    return [out[a:b] for a, b in itertools.pairwise(bounds)]
-
-
-def windows(audio: np.ndarray, length: int, max_windows: int | None = None,
-            hop: int | None = None) -> list[np.ndarray]:
-    """Windows of `length` samples every `hop` (default: `length`, no overlap) that are
-    not (nearly) silent."""
-    peak = float(np.abs(audio).max()) if len(audio) else 0.0
-    out = []
-    for start in range(0, len(audio) - length + 1, hop or length):
-        w = audio[start:start + length]
-        if peak > 0 and np.sqrt(np.mean(w.astype(np.float64) ** 2)) > 0.01 * peak:
-            out.append(w)
-        if max_windows is not None and len(out) >= max_windows:
-            break
-    return out
-
-
-@dataclass
-class InstrumentClassifier:
-    """Names the instrument of a clip; trained by `train_instrument_classifier`.
-
-    Every clip it judges first goes through the model's mu-law quantisation (a model's
-    output already has; clean recordings do not), so quantisation noise says nothing.
-    """
-
-    domains: list[str]
-    sample_rate: int
-    pipeline: Any
-    mu_law: str = "torchaudio"
-    report: dict[str, Any] = field(default_factory=dict)
-
-    def features(self, clips: Sequence[np.ndarray]) -> np.ndarray:
-        rng = np.random.default_rng(0)  # unused by noise-free quantisation
-        quantised = degrade_many(clips, rng, self.mu_law, 0.0)
-        return np.stack([instrument_features(c, self.sample_rate) for c in quantised])
-
-    def predict_proba(self, clips: Sequence[np.ndarray]) -> np.ndarray:
-        X = self.features(clips)
-        proba = self.pipeline.predict_proba(X)
-        order = [list(self.pipeline.classes_).index(d) for d in self.domains]
-        return proba[:, order]
-
-    def predict(self, clips: Sequence[np.ndarray]) -> list[str]:
-        return [self.domains[i] for i in self.predict_proba(clips).argmax(axis=1)]
-
-
-def _labelled_windows(audio: dict[str, Sequence[np.ndarray]], length: int, per_domain: int,
-                      rng: np.random.Generator) -> tuple[list[np.ndarray], list[str]]:
-    clips, labels = [], []
-    for domain, items in audio.items():
-        ws = [w for a in items for w in windows(_as_audio(a), length, hop=length // 2)]
-        if not ws:
-            raise ValueError(f"domain {domain!r}: no non-silent {length}-sample window to learn from")
-        if len(ws) > per_domain:
-            ws = [ws[i] for i in sorted(rng.choice(len(ws), per_domain, replace=False))]
-        clips += ws
-        labels += [domain] * len(ws)
-    return clips, labels
-
-
-@_small_blas
-def train_instrument_classifier(
-    train: dict[str, Sequence[np.ndarray]], sample_rate: int, *,
-    heldout: dict[str, Sequence[np.ndarray]] | None = None, seconds: float = 2.0,
-    mu_law: str = "torchaudio", windows_per_domain: int = 120, seed: int = 0,
-) -> InstrumentClassifier:
-    """Logistic regression on log-mel statistics of `seconds`-long windows.
-
-    Every training window is used twice: quantised as the model's mu-law (greedy-like)
-    and with generation-like code noise. The held-out accuracy is measured on
-    `heldout` (other files, e.g. the val split) or, without it, on a quarter of each
-    domain's files; both clean-quantised and noisy versions are reported.
-    """
-    # On use: scikit-learn takes seconds to import (measured) and every CLI command
-    # imports this module to list its own.
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    rng = np.random.default_rng([seed, 7])
-    domains = list(train)
-    length = max(int(seconds * sample_rate), MEL_FFT)
-    if heldout is None:
-        heldout, rest = {}, {}
-        for d, items in train.items():
-            items = list(items)
-            k = len(items) // 4
-            heldout[d], rest[d] = items[:k], items[k:]
-        if any(not v for v in heldout.values()):
-            heldout = None  # too few files to hold any out
-        else:
-            train = rest
-    clips, labels = _labelled_windows(train, length, windows_per_domain, rng)
-    clf = InstrumentClassifier(domains, sample_rate, None, mu_law)
-    # Each window twice: quantised only (greedy-like) and with generation-like noise
-    # (`features` quantises again: no change for "torchaudio", at most one code step
-    # for the truncating "reference" variant).
-    X = np.concatenate([clf.features(degrade_many(clips, rng, mu_law, noise))
-                        for noise in (0.0, None)])
-    y = np.array(labels * 2)
-    clf.pipeline = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=3000))
-    clf.pipeline.fit(X, y)
-    report: dict[str, Any] = {"train_windows": len(clips), "window_seconds": length / sample_rate,
-                              "mu_law": mu_law, "code_noise_levels": list(CODE_NOISE_LEVELS)}
-    if heldout is not None:
-        hclips, hlabels = _labelled_windows(heldout, length, windows_per_domain, rng)
-        clean = clf.predict(hclips)
-        noisy = clf.predict(degrade_many(hclips, rng, mu_law, max(CODE_NOISE_LEVELS)))
-        report.update(
-            heldout_windows=len(hclips),
-            heldout_accuracy=float(np.mean([p == t for p, t in zip(clean, hlabels)])),
-            heldout_accuracy_noisy=float(np.mean([p == t for p, t in zip(noisy, hlabels)])),
-        )
-    clf.report = report
-    return clf
+CONDITIONS = ("translation", "reconstruction", *calibration.ROWS)
+CRITERIA = ("instrument", "clean", "notes", "closer_to_target", "success")
+MEANS = ("notes_kept_score", "notes_kept_truth", "score_agreement", "truth_agreement",
+         "source_chroma", "target_prob", "noise_flatness", "flatness")
+SPLITS = ("val", "test")
+THRESHOLD_SPLIT = "val"  # every choice is made on the validation works
+THRESHOLD_TOLERANCE = 0.1  # share of odd calibration clips a threshold may leave beyond it
+TEMPERATURES = (1.0, 0.8, 0.6, 0.4, 0.0)  # the sweep's candidates (0 = greedy)
+SAMPLING_FILE = "sampling.json"  # in a run directory: the temperature chosen on val
 
 
 # ------------------------------------------------------------------- latent signals
@@ -367,14 +88,14 @@ def latent_features(model, clips: Sequence[np.ndarray], batch: int = 16) -> np.n
     device = next(model.parameters()).device
     with torch.no_grad():
         for i in range(0, len(clips), batch):
-            x = torch.from_numpy(np.stack([_as_audio(c) for c in clips[i:i + batch]]))
+            x = torch.from_numpy(np.stack([as_audio(c) for c in clips[i:i + batch]]))
             z = model.encoder(mu_law_encode(x, model.config.mu_law).to(device)).float().cpu()
             std = z.std(dim=-1) if z.shape[-1] > 1 else torch.zeros_like(z[..., 0])
             feats.append(torch.cat([z.mean(dim=-1), std], dim=1).numpy())
     return np.concatenate(feats)
 
 
-@_small_blas
+@small_blas
 def latent_probe(features: np.ndarray, labels: Sequence[str], groups: Sequence[str] | None = None,
                  folds: int = 5, seed: int = 0) -> dict[str, Any]:
     """Cross-validated accuracy of a fresh logistic regression predicting the domain
@@ -419,7 +140,7 @@ def latent_use_gap(model, clips: dict[str, Sequence[np.ndarray]], seed: int = 0)
         for domain, items in clips.items():
             if not items:
                 continue
-            x = torch.from_numpy(np.stack([_as_audio(c) for c in items]))
+            x = torch.from_numpy(np.stack([as_audio(c) for c in items]))
             codes = mu_law_encode(x, model.config.mu_law).to(device)
             z = model.encoder(codes)
             frames = z.shape[-1]
@@ -449,12 +170,14 @@ def latent_use_gap(model, clips: dict[str, Sequence[np.ndarray]], seed: int = 0)
 @dataclass
 class EvalData:
     """Audio files of a dataset: split -> domain -> sorted files (data layout
-    data/<dataset>/<domain>/<split>/<stem>.wav; on the paired test split the same stem
-    means the same notes in every domain)."""
+    data/<dataset>/<domain>/<split>/<stem>.wav; on the paired val and test splits the
+    same stem means the same notes in every domain), and the score's notes when the
+    dataset is rendered from scores."""
 
     sample_rate: int
     domains: list[str]
     files: dict[str, dict[str, list[Path]]]
+    notes: ScoreNotes | None = None
 
     @classmethod
     def from_manifest(cls, manifest) -> EvalData:
@@ -474,7 +197,10 @@ class EvalData:
                             f"does not exist and {manifest.data_dir} holds no test clips); run "
                             f"`python -m umt_core prep --manifest {show_path(manifest.path)}` "
                             "first")
-        return cls(int(manifest.sample_rate), list(manifest.domains), files)
+        notes = None
+        if manifest.kind == "scores" and manifest.lock_path.is_file():
+            notes = ScoreNotes.from_manifest(manifest)
+        return cls(int(manifest.sample_rate), list(manifest.domains), files, notes)
 
     @classmethod
     def from_folder(cls, root: str | Path, sample_rate: int,
@@ -498,48 +224,28 @@ class EvalData:
         return load_audio(path, self.sample_rate)[0]
 
 
-def _spread(items: Sequence[Path], n: int) -> list[Path]:
-    """At most `n` items, evenly spread over the list."""
-    if len(items) <= n:
-        return list(items)
-    return [items[int(i)] for i in np.linspace(0, len(items) - 1, max(n, 1))]
-
-
-def _start_of_music(audio: np.ndarray, sample_rate: int) -> int:
-    """First sample within 0.05 s before the music gets loud (5% of the peak)."""
-    peak = float(np.abs(audio).max()) if len(audio) else 0.0
-    if peak <= 0:
-        return 0
-    first = int(np.argmax(np.abs(audio) > 0.05 * peak))
-    return max(0, first - int(0.05 * sample_rate))
-
-
-def _cut(audio: np.ndarray, start: int, length: int) -> np.ndarray:
-    w = audio[start:start + length]
-    if len(w) < length:
-        w = np.pad(w, (0, length - len(w)))
-    return np.ascontiguousarray(w, dtype=np.float32)
-
-
-def dataset_classifier(data: EvalData, *, seconds: float = 2.0, mu_law: str = "torchaudio",
-                       seed: int = 0, files: int = 12) -> InstrumentClassifier:
-    """The instrument classifier of a dataset: trained on up to `files` training files
-    per domain, checked on half as many validation files (or held-out training files)."""
+def dataset_classifier(data: EvalData, domains: Sequence[str], *, seconds: float = 2.0,
+                       mu_law: str = "torchaudio", seed: int = 0,
+                       files: int = 12) -> InstrumentClassifier:
+    """The instrument classifier over `domains` (the model's): trained on up to `files`
+    training files per domain, checked on half as many validation files."""
     train, val = data.split("train"), data.split("val")
-    missing = [d for d in data.domains if not train[d]]
+    missing = [d for d in domains if not train.get(d)]
     if missing:
         raise ValueError(f"domains {missing} have no training audio; prepare the dataset first")
-    train_audio = {d: [data.load(p) for p in _spread(train[d], files)] for d in data.domains}
-    heldout = ({d: [data.load(p) for p in _spread(val[d], max(files // 2, 1))]
-                for d in data.domains} if all(val[d] for d in data.domains) else None)
-    return train_instrument_classifier(train_audio, data.sample_rate, heldout=heldout,
-                                       seconds=seconds, mu_law=mu_law, seed=seed)
+    train_audio = {d: [data.load(p) for p in spread(train[d], files)] for d in domains}
+    heldout = ({d: [data.load(p) for p in spread(val[d], max(files // 2, 1))] for d in domains}
+               if all(val.get(d) for d in domains) else None)
+    return calibration.domain_classifier(train_audio, data.sample_rate, list(domains),
+                                         heldout=heldout, seconds=seconds, mu_law=mu_law,
+                                         seed=seed)
 
 
 # ---------------------------------------------------------------------- evaluation
 
-# translator(audio list, source domain, stems, targets) -> {target: list of audio}
-Translator = Callable[[list[np.ndarray], str, list[str], list[str]], dict[str, list[np.ndarray]]]
+# translator(clips, source domain, targets) -> {target: one audio per clip}; a clip's
+# audio is `clip.source` (`clip.work` and `clip.start` say where it comes from)
+Translator = Callable[[list[PairedClip], str, list[str]], dict[str, list[np.ndarray]]]
 
 
 def model_translator(model, *, temperature: float = 1.0, seed: int = 0,
@@ -550,72 +256,114 @@ def model_translator(model, *, temperature: float = 1.0, seed: int = 0,
     and already a batch); `chunk_samples` > 0 translates clips longer than that in
     cross-faded chunks (`umt_core.generate.chunked`)."""
 
-    def run(audio: list[np.ndarray], source: str, stems: list[str], targets: list[str]):
-        out = translate(model, audio, model.config.sample_rate, targets,
+    def run(clips: list[PairedClip], source: str, targets: list[str]):
+        out = translate(model, [c.source for c in clips], model.config.sample_rate, targets,
                         temperature=temperature, seed=seed, progress=progress,
                         chunk_samples=chunk_samples, overlap_samples=overlap_samples)
-        return {t: [_as_audio(a) for a in out[t]] for t in targets}
+        return {t: [as_audio(a) for a in out[t]] for t in targets}
 
     return run
 
 
 @dataclass
 class Evaluation:
-    """Per-clip rows (`clips`) and everything derived from them."""
+    """Per-clip rows (`clips`: one per system, condition, source, target, work and
+    segment) and everything derived from them."""
 
     clips: pd.DataFrame
     classifier: dict[str, Any]
     settings: dict[str, Any]
+    thresholds: dict[str, Any]
     latent_probe: dict[str, Any] | None = None
     latent_use: pd.DataFrame | None = None
+    # (condition, source, clip, target) -> audio; a clip is named "<work>@<start>s"
     audio: dict[tuple[str, str, str, str], np.ndarray] = field(default_factory=dict, repr=False)
+    classifier_model: InstrumentClassifier | None = field(default=None, repr=False)
 
-    SIGNALS = ("classified_as_target", "classified_as_source", "chroma", "control_chroma",
-               "content_ok", "wave_corr", "is_copy", "dist_target", "dist_source",
-               "closer_to_target", "flatness", "noise", "silent", "success")
+    def _groups(self, by: Sequence[str]):
+        order = {c: i for i, c in enumerate(CONDITIONS)}
+        df = self.clips.sort_values(list(by), key=lambda s: s.map(order) if s.name == "condition"
+                                    else s, kind="stable")
+        return df.groupby(list(by), sort=False)
+
+    def rates(self, by: Sequence[str] = ("system", "condition")) -> pd.DataFrame:
+        """Long table: group x criterion -> rate, k, n and the Wilson interval."""
+        records = []
+        for key, g in self._groups(by):
+            for crit in CRITERIA:
+                if g[crit].notna().any():
+                    records.append({**dict(zip(by, key)), "criterion": crit,
+                                    **rate(g[crit].dropna().tolist())})
+        return pd.DataFrame(records)
+
+    def means(self, by: Sequence[str] = ("system", "condition")) -> pd.DataFrame:
+        """Long table: group x signal -> mean, n, works and the bootstrap interval over
+        works (clips of one work share their notes: not independent draws)."""
+        records = []
+        for key, g in self._groups(by):
+            for sig in MEANS:
+                if g[sig].notna().any():
+                    records.append({**dict(zip(by, key)), "signal": sig,
+                                    **bootstrap_mean(g[sig].to_numpy(float), g.work.to_numpy(),
+                                                     seed=self.settings.get("seed", 0))})
+        return pd.DataFrame(records).rename(columns={"groups": "works"})
 
     def summary(self, by: Sequence[str] = ("system", "condition")) -> pd.DataFrame:
-        """Mean of every signal per group (shares for the yes/no ones), with n."""
-        df = self.clips.copy()
-        cols = [c for c in self.SIGNALS if c in df]
-        for c in cols:
-            df[c] = pd.to_numeric(df[c].astype("Float64"), errors="coerce")
-        g = df.groupby(list(by), sort=False)
-        out = g[cols].mean()
-        out.insert(0, "n", g.size())
-        out = out.reset_index()
-        order = {c: i for i, c in enumerate(CONDITIONS)}
-        if "condition" in out:
-            out = out.sort_values([*[b for b in by if b != "condition"], "condition"],
-                                  key=lambda s: s.map(order) if s.name == "condition" else s,
-                                  kind="stable")
-        return out.reset_index(drop=True)
+        """Wide table per group: n, the rate of every criterion and the mean of every
+        signal (intervals in `rates` and `means`)."""
+        g = self._groups(by)
+        out = g.size().rename("n").to_frame()
+        rates = self.rates(by).pivot_table(index=list(by), columns="criterion", values="rate",
+                                           sort=False)
+        means = self.means(by).pivot_table(index=list(by), columns="signal", values="mean",
+                                           sort=False)
+        out = out.join(rates[[c for c in CRITERIA if c in rates]])
+        out = out.join(means[[m for m in MEANS if m in means]])
+        return out.reset_index()
 
     def by_pair(self) -> pd.DataFrame:
         return self.summary(("system", "condition", "source", "target"))
+
+    def calibration_table(self) -> pd.DataFrame:
+        """Criterion (rows) x condition (columns): the pass rates, calibration rows beside
+        the model's translations."""
+        t = self.rates(("condition",)).pivot(index="criterion", columns="condition",
+                                              values="rate")
+        cols = [c for c in CONDITIONS if c in t.columns]
+        return t.reindex(index=[c for c in CRITERIA if c in t.index], columns=cols)
 
     def confusion(self, condition: str = "translation", system: str | None = None) -> pd.DataFrame:
         """Counts of (source domain, classifier verdict) for one condition."""
         df = self.clips[self.clips.condition == condition]
         if system is not None:
             df = df[df.system == system]
-        domains = self.settings.get("classifier_domains") or sorted(set(df.predicted))
-        table = pd.crosstab(df.source, df.predicted)
-        return table.reindex(columns=domains, fill_value=0)
+        domains = self.classifier.get("domains") or sorted(set(df.predicted))
+        return pd.crosstab(df.source, df.predicted).reindex(columns=domains, fill_value=0)
 
     def key_figures(self) -> dict[str, float | str]:
-        """A flat dict of the headline numbers (for a notebook's results JSON)."""
-        out: dict[str, float | str] = {}
-        for k in ("heldout_accuracy", "heldout_accuracy_noisy"):
+        """A flat dict of the headline numbers (for a notebook's results JSON): every
+        rate of the translations with its Wilson interval and every mean with its
+        interval over works; the calibration rows' rates; thresholds, split, chance."""
+        out: dict[str, float | str] = {"split": self.settings["split"],
+                                       "thresholds_chosen_on": self.thresholds["chosen_on"],
+                                       "temperature": self.settings["temperature"]}
+        for k in ("chance", "heldout_accuracy", "heldout_accuracy_noisy"):
             if k in self.classifier:
                 out[f"classifier_{k}"] = self.classifier[k]
-        for row in self.summary().to_dict("records"):
-            prefix = f"{row['system']}_{row['condition']}"
-            for col in ("classified_as_target", "chroma", "wave_corr", "is_copy",
-                        "closer_to_target", "noise", "success"):
-                v = row.get(col)
-                if v is not None and not pd.isna(v):
-                    out[f"{prefix}_{col}"] = float(v)
+        for k, v in self.thresholds["values"].items():
+            out[f"threshold_{k}"] = v
+        model_rows = {"translation", "reconstruction"}
+        for r in self.rates().to_dict("records"):
+            name = f"{r['system']}_{r['condition']}_{r['criterion']}"
+            out[name] = r["rate"]
+            if r["condition"] in model_rows:
+                out[f"{name}_ci_low"], out[f"{name}_ci_high"] = r["ci_low"], r["ci_high"]
+        for r in self.means().to_dict("records"):
+            if r["signal"] in ("notes_kept_score", "notes_kept_truth", "source_chroma"):
+                name = f"{r['system']}_{r['condition']}_{r['signal']}"
+                out[name] = r["mean"]
+                if r["condition"] in model_rows:
+                    out[f"{name}_ci_low"], out[f"{name}_ci_high"] = r["ci_low"], r["ci_high"]
         if self.latent_probe:
             out["latent_probe_accuracy"] = self.latent_probe["accuracy"]
             out["latent_probe_chance"] = self.latent_probe["chance"]
@@ -624,16 +372,16 @@ class Evaluation:
         return out
 
     def examples(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """Translated clips with their source and (where paired) ground truth:
-        dicts with system, source, target, clip and the audio of each."""
+        """Translated clips with their source and ground truth: dicts with system,
+        source, target, clip (work@seconds) and the audio of each."""
         out = []
-        for (cond, src, stem, tgt), audio in self.audio.items():
+        for (cond, src, clip, tgt), audio in self.audio.items():
             if cond != "translation":
                 continue
             out.append({"system": self.settings["system"], "source": src, "target": tgt,
-                        "clip": stem, "source_audio": self.audio[("identity", src, stem, tgt)],
+                        "clip": clip, "source_audio": self.audio[("source", src, clip, tgt)],
                         "translation": audio,
-                        "ground_truth": self.audio.get(("ground_truth", src, stem, tgt))})
+                        "ground_truth": self.audio[("ground_truth", src, clip, tgt)]})
             if limit is not None and len(out) >= limit:
                 break
         return out
@@ -642,17 +390,21 @@ class Evaluation:
         def records(df: pd.DataFrame) -> list[dict[str, Any]]:
             return json.loads(df.to_json(orient="records"))
 
-        confusion = {}
-        for cond in self.clips.condition.unique():
-            c = self.confusion(cond)
-            confusion[cond] = {str(s): {str(k): int(v) for k, v in r.items()}
-                               for s, r in c.iterrows()}
+        table = self.calibration_table()
         return {
             "settings": self.settings,
+            "thresholds": self.thresholds,
             "classifier": self.classifier,
+            "rates": records(self.rates()),
+            "means": records(self.means()),
             "summary": records(self.summary()),
             "pairs": records(self.by_pair()),
-            "confusion": confusion,
+            "calibration": {c: {r: (None if pd.isna(v) else float(v)) for r, v in row.items()}
+                            for c, row in table.iterrows()},
+            "confusion": {cond: {str(s): {str(k): int(v) for k, v in r.items()}
+                                 for s, r in self.confusion(cond).iterrows()}
+                          for cond in ("translation", "reconstruction", "ground_truth", "source")
+                          if (self.clips.condition == cond).any()},
             "latent_probe": self.latent_probe,
             "latent_use": records(self.latent_use) if self.latent_use is not None else None,
             "key_figures": self.key_figures(),
@@ -660,255 +412,186 @@ class Evaluation:
         }
 
 
-def control_agreement(source: np.ndarray, controls: Sequence[np.ndarray],
-                      sample_rate: int) -> float:
-    """The bar for content preservation: the highest chroma agreement between the
-    source and unrelated clips (other works) of the target instrument."""
-    return max(chroma_agreement(source, u, sample_rate) for u in controls)
+def thresholds_on_val(data: EvalData, classifier: InstrumentClassifier,
+                      pairs: Sequence[tuple[str, str]], *, seed: int = 0,
+                      mu_law: str = "torchaudio", signals: pd.DataFrame | None = None,
+                      **clip_options: Any) -> dict[str, Any]:
+    """Thresholds chosen on the calibration rows of the validation works (`signals`,
+    or computed for each (source, target) of `pairs` with `clip_options` for
+    `calibration.paired_clips`): {"values", "chosen_on", "tolerance", "clips",
+    "report"} (the report says per criterion whether its rows separate)."""
+    if signals is None:
+        clip_options = {"notes": data.notes, **clip_options}
+        signals = pd.concat([calibration.calibration_signals(
+            data, s, t, classifier, split=THRESHOLD_SPLIT, seed=seed, mu_law=mu_law,
+            **clip_options) for s, t in pairs], ignore_index=True)
+    th, report = calibration.choose_thresholds(signals, tolerance=THRESHOLD_TOLERANCE)
+    return {"values": asdict(th), "chosen_on": THRESHOLD_SPLIT, "tolerance": THRESHOLD_TOLERANCE,
+            "clips": int((signals.row == "ground_truth").sum()), "report": report}
 
 
-def judge(source: np.ndarray, candidate: np.ndarray, sample_rate: int, *, predicted: str,
-          source_domain: str, target_domain: str, paired: np.ndarray | None,
-          control: float | None, proba: dict[str, float] | None = None,
-          criteria: Criteria | None = None, translation: bool = True) -> dict[str, Any]:
-    """Every per-clip signal of one candidate against its source, and the verdict.
+class _Rows:
+    """The per-clip rows of an evaluation and the audio each one judged."""
 
-    `control` is `control_agreement` of the source with unrelated clips of the target
-    domain: the candidate's chroma agreement must clear it by `content_margin`.
-    `translation=False` (a reconstruction) leaves the translation-only verdicts empty.
-    """
-    c = criteria or Criteria()
-    chroma_c = chroma_agreement(source, candidate, sample_rate)
-    has_control = control is not None and not math.isnan(control)
-    control_max = control if has_control else float("nan")
-    wave = waveform_correlation(source, candidate)
-    flat = spectral_flatness(candidate, sample_rate)
-    row: dict[str, Any] = {
-        "predicted": predicted,
-        "classified_as_target": predicted == target_domain,
-        "classified_as_source": predicted == source_domain,
-        "target_prob": (proba or {}).get(target_domain, float("nan")),
-        "chroma": chroma_c,
-        "control_chroma": control_max,
-        "content_ok": bool(chroma_c > control_max + c.content_margin) if has_control else None,
-        "wave_corr": wave,
-        "is_copy": bool(wave > c.copy_correlation),
-        "dist_source": logmel_distance(candidate, source, sample_rate),
-        "dist_target": float("nan"),
-        "closer_to_target": None,
-        "direction_basis": None,
-        "flatness": flat,
-        "noise": bool(flat > c.noise_flatness),
-        "silent": bool(np.abs(_as_audio(candidate)).max() < c.silent_peak),
-        "success": None,
-    }
-    if not translation:
-        return row
-    if paired is not None:
-        row["dist_target"] = logmel_distance(candidate, paired, sample_rate)
-        row["closer_to_target"] = bool(row["dist_target"] < row["dist_source"])
-        row["direction_basis"] = "paired"
-    elif proba is not None:
-        row["closer_to_target"] = bool(proba[target_domain] > proba.get(source_domain, 0.0))
-        row["direction_basis"] = "classifier"
-    verdicts = [row["classified_as_target"], row["content_ok"], not row["is_copy"],
-                row["closer_to_target"]]
-    row["success"] = None if any(v is None for v in verdicts) else bool(all(verdicts))
-    return row
+    def __init__(self, system: str, sample_rate: int, classifier: InstrumentClassifier):
+        self.system, self.sample_rate, self.classifier = system, sample_rate, classifier
+        self.records: list[dict[str, Any]] = []
+        self.audio: dict[tuple[str, str, str, str], np.ndarray] = {}
+
+    def clip_name(self, clip: PairedClip) -> str:
+        return f"{clip.work}@{clip.start / self.sample_rate:.2f}s"
+
+    def add(self, condition: str, src: str, tgt: str, clip: PairedClip,
+            candidate: np.ndarray, signals: dict[str, Any] | None = None) -> None:
+        if signals is None:
+            signals = calibration.candidate_signals(candidate, clip, tgt, self.sample_rate,
+                                                    self.classifier)
+        self.records.append({"system": self.system, "condition": condition, "source": src,
+                             "target": tgt, "work": clip.work,
+                             "start": clip.start / self.sample_rate, **signals})
+        self.audio[(condition, src, self.clip_name(clip), tgt)] = candidate
+
+    def add_calibration(self, data: EvalData, src: str, tgt: str, clips: list[PairedClip],
+                        seed: int, mu_law: str) -> None:
+        """The calibration rows of `clips` (their audio kept for the source, the ground
+        truth and the unrelated clip)."""
+        sig = calibration.calibration_signals(data, src, tgt, self.classifier, clips=clips,
+                                              seed=seed, mu_law=mu_law)
+        per_clip = len(calibration.ROWS)
+        for i, clip in enumerate(clips):
+            for rec in sig.iloc[i * per_clip:(i + 1) * per_clip].to_dict("records"):
+                row = rec.pop("row")
+                audio = {"source": clip.source, "ground_truth": clip.ground_truth,
+                         "unrelated": clip.unrelated[0]}.get(row)
+                self.records.append({"system": self.system, "condition": row, "source": src,
+                                     "target": tgt, **rec})
+                if audio is not None:
+                    self.audio[(row, src, self.clip_name(clip), tgt)] = audio
+
+    def table(self, th: Thresholds) -> pd.DataFrame:
+        """The rows with every criterion's verdict; a reconstruction has no
+        closer_to_target and no success (it is not a translation)."""
+        df = pd.DataFrame(self.records)
+        v = calibration.verdicts(df, th).astype("boolean")
+        rec = df.condition == "reconstruction"
+        v.loc[rec, ["closer_to_target", "success"]] = pd.NA
+        return pd.concat([df, v], axis=1)
 
 
-@_small_blas
+@small_blas
 def evaluate(
-    model, data: EvalData, *, sources: Sequence[str] | None = None,
-    targets: Sequence[str] | None = None, clips: int = 2, seconds: float = 2.0,
-    temperature: float = 1.0, seed: int = 0, system: str = "model",
+    model, data: EvalData, *, split: str = "test", sources: Sequence[str] | None = None,
+    targets: Sequence[str] | None = None, works: int | None = None, segments: int = 4,
+    seconds: float = 2.0, temperature: float = 1.0, seed: int = 0, system: str = "model",
     translator: Translator | None = None, classifier: InstrumentClassifier | None = None,
-    controls: int = 3, probe_seconds: float = 1.0, probe_segments: int = 24,
-    gap_segments: int = 4, gap_seconds: float = 0.5, criteria: Criteria | None = None,
+    thresholds: dict[str, Any] | None = None, probe_seconds: float = 1.0,
+    probe_segments: int = 24, gap_segments: int = 4, gap_seconds: float = 0.5,
     classifier_files: int = 12, progress: bool = False,
 ) -> Evaluation:
-    """Translate `clips` test clips of each source domain into each target domain and
-    judge them, with the reference conditions on the same clips.
+    """Translate `segments` clips of `seconds` spread over each paired work of `split`
+    ("val" or "test"; `works` of them at most) from each source domain into each target
+    domain, and judge them beside the calibration rows of the same clips.
 
-    `model=None` evaluates only the reference conditions (identity, ground truth,
-    unrelated). `translator` replaces the model's generation (tests use it to stand in
-    for a perfect or a copying model). `classifier` reuses a trained classifier; else
-    one is trained on `classifier_files` training files per domain (spread over the
-    sorted list) and checked on half as many validation files.
+    `model=None` evaluates only the calibration rows. `translator` replaces the model's
+    generation (tests use it to stand in for a perfect or a copying model).
+    `classifier` reuses a trained classifier (over the model's domains); `thresholds`
+    reuses a `thresholds_on_val` result, else it is computed on the validation works.
     """
-    criteria = criteria or Criteria()
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     sr = data.sample_rate
     if model is not None and model.config.sample_rate != sr:
         raise ValueError(f"model works at {model.config.sample_rate} Hz, the data at {sr} Hz")
     model_domains = list(model.domains) if model is not None else list(data.domains)
-    sources = list(sources or data.domains)
+    sources = list(sources or [d for d in model_domains if d in data.domains])
     targets = list(targets or [d for d in model_domains if d in data.domains])
     _check_domains(data, model_domains, sources, targets)
-    test = data.split("test")
-    _check_test_audio(test, sources, targets)
     mu_law = model.config.mu_law if model is not None else "torchaudio"
     if classifier is None:
-        classifier = dataset_classifier(data, seconds=seconds, mu_law=mu_law, seed=seed,
-                                        files=classifier_files)
+        classifier = dataset_classifier(data, model_domains, seconds=seconds, mu_law=mu_law,
+                                        seed=seed, files=classifier_files)
     if translator is None and model is not None:
         translator = model_translator(model, temperature=temperature, seed=seed,
                                       progress=progress)
-    judged = _Judged(classifier, sr, criteria, system)
-    clip_set = _TestClips(data, test, round(seconds * sr))
-    for src in sources:
-        chosen = clip_set.pick(src, targets, clips)
-        src_audio, starts = clip_set.cut_from_music(chosen)
-        stems = [p.stem for p in chosen]
-        outputs: dict[str, list[np.ndarray]] = {}
+    options = {"segments": segments, "seconds": seconds, "works": works, "notes": data.notes}
+    pairs = [(s, t) for s in sources for t in targets if s != t]
+    if not pairs:
+        raise ValueError(f"sources {sources} and targets {targets} make no translation pair")
+    rows = _Rows(system, sr, classifier)
+    clips = {}
+    for src, tgt in pairs:
+        clips[src, tgt] = calibration.paired_clips(data, src, tgt, split=split, **options)
+        rows.add_calibration(data, src, tgt, clips[src, tgt], seed, mu_law)
         if translator is not None:
-            wanted = [t for t in targets if t != src] + ([src] if src in model_domains else [])
-            outputs = translator(src_audio, src, stems, wanted)
-        for i, (stem, start, source) in enumerate(zip(stems, starts, src_audio)):
-            _judge_clip(judged, clip_set, outputs, i, src, stem, start, source, targets, controls)
+            _add_translations(rows, translator, src, tgt, clips[src, tgt], round(seconds * sr))
+    if translator is not None:
+        for src in dict.fromkeys(s for s, _ in pairs):
+            if src in model_domains:
+                first = next(c for (s, _), c in clips.items() if s == src)
+                _add_reconstructions(rows, translator, data, src, first, round(seconds * sr))
+    if thresholds is None:
+        cal = pd.DataFrame(rows.records).rename(columns={"condition": "row"})
+        thresholds = thresholds_on_val(
+            data, classifier, pairs, seed=seed, mu_law=mu_law,
+            signals=cal[cal.row.isin(calibration.ROWS)] if split == THRESHOLD_SPLIT else None,
+            **options)
+    table = rows.table(Thresholds(**thresholds["values"]))
     probe, use = None, None
     if model is not None:
-        probe, use = _latent_signals(model, data, sources, probe_seconds, probe_segments,
+        probe, use = _latent_signals(model, data, split, sources, probe_seconds, probe_segments,
                                      gap_segments, gap_seconds, seed)
     settings = {
-        "system": system, "sources": sources, "targets": targets, "clips": clips,
-        "seconds": seconds, "temperature": temperature, "seed": seed,
-        "sample_rate": sr, "criteria": asdict(criteria), "classifier_domains": classifier.domains,
+        "system": system, "split": split, "sources": sources, "targets": targets,
+        "works": sorted(set(table.work)), "segments": segments, "seconds": seconds,
+        "temperature": temperature, "seed": seed, "sample_rate": sr,
+        "notes_against": "score" if data.notes is not None else "ground truth",
+        "classifier_domains": classifier.domains,
     }
-    return Evaluation(judged.table(), dict(classifier.report), settings, probe, use,
-                      judged.audio)
+    return Evaluation(table, dict(classifier.report), settings, thresholds, probe, use,
+                      rows.audio, classifier)
 
 
 def _check_domains(data: EvalData, model_domains: list[str], sources: list[str],
                    targets: list[str]) -> None:
-    """Every source a domain of the data, every target a domain of both, some target."""
-    for d in sources:
-        if d not in data.domains:
-            raise ValueError(f"source domain {d!r} is not in the data's domains {data.domains}")
-    for d in targets:
+    """Every source and target a domain of both the model and the data, some target."""
+    for d in (*sources, *targets):
         if d not in data.domains or d not in model_domains:
-            raise ValueError(f"target domain {d!r} must be a domain of both the model "
+            raise ValueError(f"domain {d!r} must be a domain of both the model "
                              f"{model_domains} and the data {data.domains}")
     if not targets:
         raise ValueError(f"the model's domains {model_domains} share none with the data's "
                          f"{data.domains}: nothing to translate to")
 
 
-def _check_test_audio(test: dict[str, list[Path]], sources: list[str],
-                      targets: list[str]) -> None:
-    """A test clip for every domain, and two for every target (one is a control)."""
-    for d in set(sources) | set(targets):
-        if len(test[d]) < 1:
-            raise ValueError(f"domain {d!r} has no test audio; prepare the dataset first")
-    for d in targets:
-        if len(test[d]) < 2:
-            raise ValueError(f"domain {d!r} needs at least 2 test clips (one is the "
-                             "unrelated-clip control)")
+def _add_translations(rows: _Rows, translator: Translator, src: str, tgt: str,
+                      clips: list[PairedClip], length: int) -> None:
+    out = translator(clips, src, [tgt])[tgt]
+    for clip, audio in zip(clips, out, strict=True):
+        rows.add("translation", src, tgt, clip, cut(as_audio(audio), 0, length))
 
 
-class _TestClips:
-    """The test split's clips, read once each, cut to `length` samples."""
-
-    def __init__(self, data: EvalData, test: dict[str, list[Path]], length: int):
-        self.data, self.test, self.length = data, test, length
-        self.sample_rate = data.sample_rate
-        self._cache: dict[Path, np.ndarray] = {}
-
-    def audio(self, path: Path) -> np.ndarray:
-        if path not in self._cache:
-            self._cache[path] = self.data.load(path)
-        return self._cache[path]
-
-    def file(self, domain: str, stem: str) -> Path | None:
-        return next((p for p in self.test[domain] if p.stem == stem), None)
-
-    def pick(self, src: str, targets: list[str], clips: int) -> list[Path]:
-        """Up to `clips` files of `src` spread over its sorted list, preferring works
-        rendered in every target domain (paired ground truth)."""
-        files = self.test[src]
-        paired_files = [p for p in files if all(self.file(t, p.stem) for t in targets)]
-        pool = paired_files or files
-        picks = sorted({int(i) for i in np.linspace(0, len(pool) - 1, min(clips, len(pool)))})
-        return [pool[i] for i in picks]
-
-    def cut_from_music(self, files: list[Path]) -> tuple[list[np.ndarray], list[int]]:
-        """Each file cut where its music starts; the cuts and their starts."""
-        cuts, starts = [], []
-        for p in files:
-            a = self.audio(p)
-            starts.append(_start_of_music(a, self.sample_rate))
-            cuts.append(_cut(a, starts[-1], self.length))
-        return cuts, starts
+def _add_reconstructions(rows: _Rows, translator: Translator, data: EvalData, src: str,
+                         clips: list[PairedClip], length: int) -> None:
+    """Each source clip decoded by its own domain's decoder, judged against the source
+    (and the source domain's score)."""
+    out = translator(clips, src, [src])[src]
+    notes = data.notes
+    for clip, audio in zip(clips, out, strict=True):
+        others = [c for c in clips if c.work != clip.work][:3]
+        own = PairedClip(clip.work, clip.start, clip.source, clip.source,
+                         [c.source for c in others],
+                         notes.events(clip.work, src) if notes is not None else None,
+                         [notes.events(c.work, src) for c in others] if notes is not None else [])
+        rows.add("reconstruction", src, src, own, cut(as_audio(audio), 0, length))
 
 
-class _Judged:
-    """The per-clip rows of an evaluation and the audio each one judged."""
-
-    def __init__(self, classifier: InstrumentClassifier, sample_rate: int, criteria: Criteria,
-                 system: str):
-        self.classifier, self.sample_rate = classifier, sample_rate
-        self.criteria, self.system = criteria, system
-        self.rows: list[dict[str, Any]] = []
-        self.audio: dict[tuple[str, str, str, str], np.ndarray] = {}
-
-    def add(self, condition: str, src: str, stem: str, tgt: str, source: np.ndarray,
-            candidate: np.ndarray, paired: np.ndarray | None, ctrl: float | None,
-            translation: bool = True) -> None:
-        proba_vec = self.classifier.predict_proba([candidate])[0]
-        proba = dict(zip(self.classifier.domains, map(float, proba_vec)))
-        predicted = self.classifier.domains[int(proba_vec.argmax())]
-        row = judge(source, candidate, self.sample_rate, predicted=predicted,
-                    source_domain=src, target_domain=tgt, paired=paired, control=ctrl,
-                    proba=proba, criteria=self.criteria, translation=translation)
-        self.rows.append({"system": self.system, "condition": condition, "source": src,
-                          "target": tgt, "clip": stem, "paired": paired is not None, **row})
-        self.audio[(condition, src, stem, tgt)] = candidate
-
-    def table(self) -> pd.DataFrame:
-        """The rows by source, target, clip and condition (in `CONDITIONS` order)."""
-        order = {c: i for i, c in enumerate(CONDITIONS)}
-        return pd.DataFrame(self.rows).sort_values(
-            ["source", "target", "clip", "condition"],
-            key=lambda s: s.map(order) if s.name == "condition" else s,
-            kind="stable").reset_index(drop=True)
-
-
-def _judge_clip(judged: _Judged, clip_set: _TestClips, outputs: dict[str, list[np.ndarray]],
-                i: int, src: str, stem: str, start: int, source: np.ndarray,
-                targets: list[str], controls: int) -> None:
-    """The reconstruction of one source clip and, for each other target, its translation
-    beside the reference conditions (identity, ground truth, an unrelated clip)."""
-    length, sr = clip_set.length, clip_set.sample_rate
-    if src in outputs:
-        rec = _cut(_as_audio(outputs[src][i]), 0, length)
-        judged.add("reconstruction", src, stem, src, source, rec, None, None, translation=False)
-    for tgt in targets:
-        if tgt == src:
-            continue
-        gt_file = clip_set.file(tgt, stem)
-        paired = _cut(clip_set.audio(gt_file), start, length) if gt_file else None
-        others = [p for p in clip_set.test[tgt] if p.stem != stem]
-        k = (i + 1) % len(others)
-        others = (others[k:] + others[:k])[:max(controls, 1)]
-        unrelated = [_cut(clip_set.audio(p), _start_of_music(clip_set.audio(p), sr), length)
-                     for p in others]
-        ctrl = control_agreement(source, unrelated, sr)
-        if tgt in outputs:
-            out = _cut(_as_audio(outputs[tgt][i]), 0, length)
-            judged.add("translation", src, stem, tgt, source, out, paired, ctrl)
-        judged.add("identity", src, stem, tgt, source, source, paired, ctrl)
-        if paired is not None:
-            judged.add("ground_truth", src, stem, tgt, source, paired, paired, ctrl)
-        judged.add("unrelated", src, stem, tgt, source, unrelated[0], paired, ctrl)
-
-
-def _latent_signals(model, data: EvalData, domains: Sequence[str], probe_seconds: float,
-                    probe_segments: int, gap_segments: int, gap_seconds: float, seed: int):
+def _latent_signals(model, data: EvalData, split: str, domains: Sequence[str],
+                    probe_seconds: float, probe_segments: int, gap_segments: int,
+                    gap_seconds: float, seed: int):
     sr = data.sample_rate
     pool = model.config.model.pool
     length = max(int(probe_seconds * sr) // pool * pool, pool)
-    held = data.split("test")
-    if not all(held[d] for d in domains):
-        held = data.split("val")
+    held = data.split(split)
     segs, labels, groups = [], [], []
     by_domain: dict[str, list[np.ndarray]] = {}
     for d in domains:
@@ -938,31 +621,94 @@ def _latent_signals(model, data: EvalData, domains: Sequence[str], probe_seconds
 
 
 def format_tables(ev: Evaluation) -> str:
-    """Plain-text rendering of the summary, confusion and latent tables."""
-    cols = ["system", "condition", "n", "classified_as_target", "chroma", "control_chroma",
-            "content_ok", "wave_corr", "is_copy", "closer_to_target", "noise", "success"]
-    summary = ev.summary()
-    parts = ["Per condition (shares for yes/no signals):",
-             summary[[c for c in cols if c in summary]].to_string(index=False,
-                                                                  float_format=lambda v: f"{v:.3f}")]
-    if (ev.clips.condition == "translation").any():
-        parts += ["", "Translations: source (rows) x classifier verdict (columns):",
+    """Plain-text rendering of the summary, calibration, confusion and latent tables."""
+    fmt = lambda v: f"{v:.3f}"
+    s = ev.settings
+    th = ev.thresholds
+    parts = [(f"Split {s['split']} ({len(s['works'])} works x {s['segments']} segments of "
+              f"{s['seconds']:g} s); notes against the {s['notes_against']}; temperature "
+              f"{s['temperature']:g}"),
+             "Thresholds chosen on " + th["chosen_on"] + ": " + ", ".join(
+                 f"{k} {v:.3f}" + ("" if th["report"].get(k, {}).get("separates", True)
+                                   else " (rows do NOT separate)")
+                 for k, v in th["values"].items() if k in th["report"]),
+             "", "Per condition (rates of the criteria, means of the signals):",
+             ev.summary().to_string(index=False, float_format=fmt),
+             "", "Pass rate of each criterion on each row (calibration rows beside the model):",
+             ev.calibration_table().to_string(float_format=fmt)]
+    tr = ev.rates()
+    tr = tr[tr.condition == "translation"]
+    if len(tr):
+        parts += ["", "Translations, with 95% Wilson intervals:",
+                  tr[["system", "criterion", "k", "n", "rate", "ci_low", "ci_high"]].to_string(
+                      index=False, float_format=fmt),
+                  "", "Translations: source (rows) x classifier verdict (columns):",
                   ev.confusion("translation").to_string()]
-    if (ev.clips.condition == "reconstruction").any():
-        parts += ["", "Reconstructions: source (rows) x classifier verdict (columns):",
-                  ev.confusion("reconstruction").to_string()]
     c = ev.classifier
     if "heldout_accuracy" in c:
-        parts += ["", (f"Instrument classifier held-out accuracy: {c['heldout_accuracy']:.3f} "
-                      f"(with generation-like noise: {c['heldout_accuracy_noisy']:.3f})")]
+        parts += ["", (f"Instrument classifier over {c['domains']} (chance {c['chance']:.3f}): "
+                       f"held-out accuracy {c['heldout_accuracy']:.3f} (with generation-like "
+                       f"noise: {c['heldout_accuracy_noisy']:.3f})")]
     if ev.latent_probe:
         p = ev.latent_probe
         parts += [(f"Latent domain probe: accuracy {p['accuracy']:.3f} vs chance "
                   f"{p['chance']:.3f} (n={p['n']})")]
     if ev.latent_use is not None and len(ev.latent_use):
         parts += ["Latent-use gap (loss with shuffled latent - loss with true latent, nats):",
-                  ev.latent_use.to_string(index=False, float_format=lambda v: f"{v:.3f}")]
+                  ev.latent_use.to_string(index=False, float_format=fmt)]
     return "\n".join(parts)
+
+
+# ------------------------------------------------------------------ temperature
+
+
+def run_temperature(checkpoint: str | Path) -> tuple[float, str]:
+    """The sampling temperature to evaluate a checkpoint at, and where it comes from:
+    the value chosen on validation for its run (`<run>/sampling.json`, written by
+    `sweep_temperature`), else 1.0 (plain sampling)."""
+    path = Path(checkpoint).resolve().parent.parent / SAMPLING_FILE
+    if path.is_file():
+        chosen = json.loads(path.read_text())
+        return float(chosen["temperature"]), f"{path} (chosen on {chosen['chosen_on']})"
+    return 1.0, "default (no temperature chosen for this run)"
+
+
+def sweep_temperature(model, data: EvalData, temperatures: Sequence[float] = TEMPERATURES,
+                      **options: Any) -> tuple[float, pd.DataFrame]:
+    """Evaluate `model` on the validation works at each temperature (one classifier and
+    one set of thresholds for all) and choose the one with the highest success rate,
+    then notes kept against the score (or the truth), then the higher temperature (the
+    plainer sampling). Returns the choice and one row per temperature."""
+    options = {**options, "split": THRESHOLD_SPLIT}
+    rows, shared = [], {}
+    for t in temperatures:
+        ev = evaluate(model, data, temperature=float(t), **options, **shared)
+        shared = {"classifier": ev.classifier_model, "thresholds": ev.thresholds}
+        tr = ev.clips[ev.clips.condition == "translation"]
+        notes = tr.notes_kept_score.where(tr.notes_kept_score.notna(), tr.notes_kept_truth)
+        success = rate(tr.success.dropna().tolist())
+        kept = bootstrap_mean(notes.to_numpy(float), tr.work.to_numpy(), seed=options.get("seed", 0))
+        rows.append({"temperature": float(t), "success": success["rate"],
+                     "success_ci_low": success["ci_low"], "success_ci_high": success["ci_high"],
+                     "notes_kept": kept["mean"], "notes_kept_ci_low": kept["ci_low"],
+                     "notes_kept_ci_high": kept["ci_high"], "instrument": tr.instrument.mean(),
+                     "clean": tr.clean.mean(), "n": len(tr)})
+    table = pd.DataFrame(rows)
+    best = table.sort_values(["success", "notes_kept", "temperature"], ascending=False,
+                             na_position="last").iloc[0]
+    return float(best.temperature), table
+
+
+def write_sampling(run_dir: str | Path, temperature: float, table: pd.DataFrame,
+                   checkpoint: str | Path) -> Path:
+    """Record the chosen temperature in the run directory: it becomes the run's
+    evaluation default (`run_temperature`)."""
+    path = Path(run_dir) / SAMPLING_FILE
+    path.write_text(json.dumps({"temperature": temperature, "chosen_on": THRESHOLD_SPLIT,
+                                "checkpoint": str(checkpoint),
+                                "sweep": json.loads(table.to_json(orient="records"))},
+                               indent=1) + "\n")
+    return path
 
 
 # --------------------------------------------------------------------------- CLI
@@ -970,21 +716,31 @@ def format_tables(ev: Evaluation) -> str:
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="objective metrics of a model's translations",
-                       description="Translate test clips of a prepared dataset with a model "
-                       "and measure them (instrument classifier, pitch agreement with the "
-                       "ground truth); every file read is checked against the dataset's lock.")
+                       description="Translate clips of the paired works of a prepared dataset "
+                       "with a model and judge them beside calibration rows (instrument, clean, "
+                       "notes kept, closer to the target); every file read is checked against "
+                       "the dataset's lock.")
     p.add_argument("--checkpoint", required=True,
                    help="umt_core checkpoint (.pt): a run's checkpoints/last.pt or best.pt")
     p.add_argument("--manifest", default=None,
                    help="dataset manifest (None: the one the checkpoint's preset trains on: "
                         "data_manifests/scores-8k.yaml for cpu, data_manifests/scores.yaml "
                         "for paper, data/manifests/scores-smoke.yaml for smoke)")
+    p.add_argument("--split", choices=SPLITS, default="test",
+                   help="works judged: test for the final figures, val for choices "
+                        "(thresholds always come from val)")
     p.add_argument("--sources", nargs="+", default=None, help="source domains (None: all)")
     p.add_argument("--targets", nargs="+", default=None, help="target domains (None: all)")
-    p.add_argument("--clips", type=positive_int, default=2, help="test clips per source domain")
+    p.add_argument("--works", type=positive_int, default=None,
+                   help="paired works judged (None: all)")
+    p.add_argument("--segments", type=positive_int, default=4, help="clips spread over each work")
     p.add_argument("--seconds", type=positive_float, default=2.0, help="seconds per clip")
-    p.add_argument("--temperature", type=non_negative_float, default=1.0,
-                   help="sampling temperature, a finite number >= 0 (0 = greedy)")
+    p.add_argument("--temperature", type=non_negative_float, default=None,
+                   help="sampling temperature, 0 = greedy (default: the run's chosen one, "
+                        f"from <run>/{SAMPLING_FILE}, else 1.0)")
+    p.add_argument("--sweep-temperature", action="store_true",
+                   help=f"evaluate {', '.join(map(str, TEMPERATURES))} on val, choose one and "
+                        f"record it in <run>/{SAMPLING_FILE}")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
     p.add_argument("--json", required=True, help="write the results to this JSON file")
     p.set_defaults(func=_cli)
@@ -992,16 +748,31 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 
 def _cli(args: argparse.Namespace) -> int:
     out = output_file(resolve(args.json), "--json file")  # before any work
-    model = load_model(resolve(args.checkpoint))
+    checkpoint = resolve(args.checkpoint)
+    model = load_model(checkpoint)
     if args.manifest is None:
         from .study.pipeline import default_manifest, preset_manifest
 
         args.manifest = preset_manifest(resolve("."), default_manifest(model.config.preset),
                                         model.config.preset, write=False)
     data = EvalData.from_manifest(resolve(args.manifest))
-    ev = evaluate(model, data, sources=args.sources, targets=args.targets, clips=args.clips,
-                  seconds=args.seconds, temperature=args.temperature, seed=args.seed,
-                  system=Path(args.checkpoint).stem, progress=True)
+    options = {"sources": args.sources, "targets": args.targets, "works": args.works,
+               "segments": args.segments, "seconds": args.seconds, "seed": args.seed,
+               "system": Path(args.checkpoint).stem, "progress": True}
+    if args.sweep_temperature:
+        chosen, table = sweep_temperature(model, data, **options)
+        path = write_sampling(checkpoint.parent.parent, chosen, table, args.checkpoint)
+        out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "manifest": str(args.manifest),
+                                   "split": THRESHOLD_SPLIT, "chosen": chosen,
+                                   "sweep": json.loads(table.to_json(orient="records"))},
+                                  indent=1, allow_nan=True) + "\n")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        print(f"\nchosen temperature {chosen:g} (on {THRESHOLD_SPLIT}); recorded in {path}\nwrote {out}")
+        return 0
+    temperature, origin = ((args.temperature, "--temperature") if args.temperature is not None
+                           else run_temperature(checkpoint))
+    ev = evaluate(model, data, split=args.split, temperature=temperature, **options)
+    ev.settings["temperature_from"] = origin
     payload = {"checkpoint": str(args.checkpoint), "manifest": str(args.manifest), **ev.to_json()}
     out.write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
     print(format_tables(ev))

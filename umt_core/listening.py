@@ -76,7 +76,7 @@ def stimuli_from_evaluations(evaluations: Sequence[Any],
                              references: Sequence[str] = ("ground_truth",)) -> list[Stimulus]:
     """Stimuli from `umt_core.evaluate.Evaluation`s: each one's translations (named by
     its system) and, once, the reference conditions in `references` (e.g. the paired
-    ground truth, or "identity": the source itself) for the same clips and targets."""
+    ground truth, or "source": the source itself) for the same clips and targets."""
     out: list[Stimulus] = []
     seen: set[tuple[str, str, str, str]] = set()
     for ev in evaluations:

@@ -6,7 +6,7 @@ each epoch and the evaluation (`umt_core.evaluate`) of its last checkpoint on th
 test clips. Parity holds when the last validation loss of bf16 is within `tolerance`
 (relative) of fp32's and the 95% intervals of every headline figure of the two
 evaluations overlap (`umt_core.statistics`: Wilson intervals of the yes/no figures,
-bootstrap intervals over the clips of the others).
+bootstrap intervals over the works of the others).
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ from ..options import positive_int
 from ..paths import resolve
 from ..statistics import bootstrap_mean, rate
 
-# Figures compared, per condition "translation": the evaluation's headline signals.
-FIGURES = ("classified_as_target", "chroma", "wave_corr", "closer_to_target", "noise",
-           "success")
-BINARY = {"classified_as_target", "closer_to_target", "noise", "success"}
+# Figures compared, per condition "translation": the evaluation's criteria and signals.
+BINARY = ("instrument", "clean", "notes", "closer_to_target", "success")
+FIGURES = (*BINARY, "notes_kept_score", "notes_kept_truth", "source_chroma")
 
 
 def interval(values: np.ndarray, binary: bool,
@@ -58,9 +57,10 @@ def compare_figures(a: dict[str, tuple[float, float, float]],
 
 
 def evaluation_figures(clips) -> dict[str, tuple[float, float, float]]:
-    """Intervals of `FIGURES` over the translated clips of an `Evaluation.clips` table."""
+    """Intervals of `FIGURES` over the translated clips of an `Evaluation.clips` table
+    (means bootstrapped over works: clips of one work share their notes)."""
     df = clips[clips.condition == "translation"]
-    groups = (df["source"].astype(str) + "/" + df["clip"].astype(str)).to_numpy()
+    groups = df["work"].astype(str).to_numpy()
     out = {}
     for f in FIGURES:
         if f in df:
@@ -70,7 +70,7 @@ def evaluation_figures(clips) -> dict[str, tuple[float, float, float]]:
 
 
 def run_parity(preset_name: str, manifest: str, run_root: str | Path, steps: int, *,
-               overrides: dict[str, Any] | None = None, clips: int = 8, seconds: float = 2.0,
+               overrides: dict[str, Any] | None = None, works: int = 8, seconds: float = 2.0,
                tolerance: float = 0.01, progress: bool = True) -> dict[str, Any]:
     """Train `steps` steps per precision (resuming runs already there), evaluate both."""
     from ..checkpoint import load_model
@@ -82,7 +82,7 @@ def run_parity(preset_name: str, manifest: str, run_root: str | Path, steps: int
     data = EvalData.from_manifest(resolve(manifest))
     result: dict[str, Any] = {"preset": preset_name, "steps": steps, "manifest": manifest,
                               "overrides": overrides or {}, "runs": {}}
-    classifier = None
+    classifier, thresholds = None, None
     for precision in PRECISIONS:
         cfg = preset(preset_name, {**(overrides or {}), "train.precision": precision})
         cfg.train.max_minutes = 0.0  # equal steps, not equal time
@@ -93,10 +93,12 @@ def run_parity(preset_name: str, manifest: str, run_root: str | Path, steps: int
         val = [float(np.mean(list(e["val_recon"].values()))) for e in epochs]
         model = load_model(summary["last_checkpoint"])
         if classifier is None:
-            classifier = dataset_classifier(data, mu_law=model.config.mu_law, seconds=seconds)
-        ev = evaluate(model, data, sources=model.domains, targets=model.domains, clips=clips,
+            classifier = dataset_classifier(data, model.domains, mu_law=model.config.mu_law,
+                                            seconds=seconds)
+        ev = evaluate(model, data, sources=model.domains, targets=model.domains, works=works,
                       seconds=seconds, system=precision, classifier=classifier,
-                      progress=progress)
+                      thresholds=thresholds, progress=progress)
+        thresholds = ev.thresholds  # chosen on val once, the same for both runs
         result["runs"][precision] = {
             "run_dir": str(run_dir), "val_loss_per_epoch": val,
             "last_val_loss": val[-1] if val else math.nan,
@@ -142,7 +144,7 @@ def register(which: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=positive_int, default=300, help="training steps of each run")
     p.add_argument("--run-root", default="runs/precision-parity",
                    help="runs <root>/fp32 and <root>/bf16 (resumed when there)")
-    p.add_argument("--clips", type=positive_int, default=8, help="test clips per source domain")
+    p.add_argument("--works", type=positive_int, default=8, help="paired test works judged")
     p.add_argument("-o", "--override", action="append", default=[],
                    metavar="SECTION.FIELD=VALUE", help="config override (repeatable)")
     p.add_argument("--json", default=None,
@@ -153,7 +155,7 @@ def register(which: argparse._SubParsersAction) -> None:
 def _cli(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {"domains": args.domains, **parse_overrides(args.override)}
     r = run_parity(args.preset, args.manifest, args.run_root, args.steps,
-                   overrides=overrides, clips=args.clips)
+                   overrides=overrides, works=args.works)
     print(format_parity(r))
     if args.json:
         out = resolve(args.json)

@@ -41,7 +41,7 @@ from ..paths import resolve, write_text_atomic
 from ..statistics import bootstrap_mean
 
 # The bars; a rate criterion's value is the share of translated clips that pass it.
-GOAL = {"notes_kept": 0.6, "target": 0.75, "closer_to_target": 0.75, "clean": 0.90,
+GOAL = {"notes_kept": 0.6, "instrument": 0.75, "closer_to_target": 0.75, "clean": 0.90,
         "success": 0.50}
 TRANSLATE_10S_SECONDS = 2.0
 
@@ -55,8 +55,7 @@ def goal_signals(model, data: EvalData, notes: ScoreNotes | None, *, segments: i
     missing = [d for d in domains if d not in data.domains]
     if missing:
         raise ValueError(f"the model's domains {missing} are not in the data {data.domains}")
-    classifier = dataset_classifier(EvalData(data.sample_rate, domains, data.files),
-                                    mu_law=model.config.mu_law)
+    classifier = dataset_classifier(data, domains, mu_law=model.config.mu_law)
     frames = []
     for source, target in itertools.permutations(domains, 2):
         def to_target(clip, target=target):
@@ -104,7 +103,7 @@ def goal_check(signals: pd.DataFrame, timing: dict[str, float] | None = None,
     out["notes_kept"] = {"value": kept["mean"], "ci_low": kept["ci_low"],
                          "ci_high": kept["ci_high"]}
     mine = rates[rates["row"] == "translation"].set_index("criterion")
-    for crit in ("target", "closer_to_target", "clean", "success"):
+    for crit in ("instrument", "closer_to_target", "clean", "success"):
         r = mine.loc[crit]
         out[crit] = {"value": float(r["rate"]), "ci_low": float(r["ci_low"]),
                      "ci_high": float(r["ci_high"])}
