@@ -68,6 +68,8 @@ def _scores_text(**changes: str) -> str:
     ({"name: cello,": "name: piano,"}, r"duplicate domain name\(s\) \['piano'\]"),
     ({"low: 60, high: 96": "low: 60, high: 64"}, r"domains\[3\] \(flute\): range .* at least an octave"),
     ({"test_works: 8 ": "test_works: 0 "}, r"split: field 'test_works' = 0 must be positive"),
+    ({"val_works: 8 ": "val_works: 8\n  val_fraction: 0.1 "}, r"split: give val_works .* not both"),
+    ({"val_works: 8 ": "val_works: 0 "}, r"split: field 'val_works' = 0 must be positive"),
     ({"name: cello,": "name: cel/lo,"}, r"domains\[2\]: field 'name'"),
 ])
 def test_manifest_errors_name_file_and_field(tmp_path, change, expected):

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(not Path(FLUID).exists(), reason="fluid-soundfon
 def tiny_manifest(folder: Path, minutes: float = 0.05) -> Path:
     """The shipped manifest cut down: one test work, 3-second excerpts."""
     text = SCORES.read_text()
-    for old, new in (("test_works: 8 ", "test_works: 1 "),
+    for old, new in (("test_works: 8 ", "test_works: 1 "), ("val_works: 8 ", "val_works: 1 "),
                      ("minutes_per_domain: 40 ", f"minutes_per_domain: {minutes} "),
                      ("excerpt_seconds: null ", "excerpt_seconds: 3.0 ")):
         assert old in text
@@ -92,12 +92,15 @@ def test_prep_is_reproducible_paired_and_locked(tmp_path, note_cache):
     assert {d: [p.stem for p in f] for d, f in alt.items()} == stems
     assert sf.read(alt["piano"][0])[0].shape != sf.read(test["piano"][0])[0].shape or \
         not np.array_equal(sf.read(alt["piano"][0])[0], sf.read(test["piano"][0])[0])
+    # Paired validation works too: the same in every domain, in neither train nor test.
     train_stems = {d: {p.stem for p in f} for d, f in data.split_files(a, "train").items()}
     val_stems = {d: {p.stem for p in f} for d, f in data.split_files(a, "val").items()}
+    assert all(v == val_stems["piano"] and len(v) == 1 for v in val_stems.values())
+    assert not val_stems["piano"] & set(stems["piano"])
     seen: set[str] = set()
     for d in a.domains:
-        own = train_stems[d] | val_stems[d]
-        assert train_stems[d] and val_stems[d] and not (own & seen) and not (own & set(stems[d]))
+        own = train_stems[d]
+        assert own and not (own & seen) and not (own & set(stems[d])) and not (own & val_stems[d])
         seen |= own
     info = sf.info(str(test["cello"][0]))
     assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")

@@ -225,11 +225,19 @@ def _check_scores(source: dict, split: dict, w: str) -> None:
                               check=lambda v: None if 1 <= v <= 127 else "must be in 1..127")
     source["excerpt_seconds"] = _get(source, "excerpt_seconds", ws, float, default=None,
                                      check=_positive)
-    _no_unknown(split, ("rule", "test_works", "val_fraction", "minutes_per_domain"), wp)
+    _no_unknown(split, ("rule", "test_works", "val_works", "val_fraction", "minutes_per_domain"), wp)
     _get(split, "rule", wp, str, default="by_work", choices=("by_work",))
     split["test_works"] = _get(split, "test_works", wp, int, check=_positive)
-    split["val_fraction"] = _get(split, "val_fraction", wp, float, default=0.1,
-                                 check=lambda v: None if 0 < v < 0.5 else "must be in (0, 0.5)")
+    # val_works: a paired validation split (the same works in every domain, in neither
+    # train nor test); without it, val is a val_fraction of each domain's own works.
+    if "val_works" in split and "val_fraction" in split:
+        raise DataError(f"{wp}: give val_works (paired validation works) or val_fraction "
+                        "(a share of each domain's own works), not both")
+    if "val_works" in split:
+        split["val_works"] = _get(split, "val_works", wp, int, check=_positive)
+    else:
+        split["val_fraction"] = _get(split, "val_fraction", wp, float, default=0.1,
+                                     check=lambda v: None if 0 < v < 0.5 else "must be in (0, 0.5)")
     split["minutes_per_domain"] = _get(split, "minutes_per_domain", wp, float, check=_positive)
 
 

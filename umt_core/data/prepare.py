@@ -325,13 +325,22 @@ def _plan_scores(m: Manifest, params: dict, note_cache, workers: int, progress: 
                 parsed[w] = result
         return [w for w in batch if w in parsed]
 
-    # Test works first (the same in every domain), then the others dealt to the
-    # domain with the least audio, until every domain has its minutes and >= 2 works.
-    test, pos = [], 0
-    while len(test) < n_test and pos < len(order):
-        batch = order[pos:pos + n_test - len(test)]
-        pos += len(batch)
-        test += parse(batch)
+    # Test works first, then paired validation works (both the same in every domain),
+    # then the others dealt to the domain with the least audio, until every domain has
+    # its minutes and >= 2 works.
+    pos = 0
+
+    def take(n: int) -> list[str]:
+        nonlocal pos
+        got: list[str] = []
+        while len(got) < n and pos < len(order):
+            batch = order[pos:pos + n - len(got)]
+            pos += len(batch)
+            got += parse(batch)
+        return got
+
+    test = take(n_test)
+    paired_val = take(split.get("val_works", 0))
     acc = {d: 0.0 for d in m.domains}
     assigned: dict[str, list[str]] = {d: [] for d in m.domains}
     full = lambda d: acc[d] >= need and len(assigned[d]) >= 2
@@ -375,8 +384,11 @@ def _plan_scores(m: Manifest, params: dict, note_cache, workers: int, progress: 
     splits_of: dict[str, dict[str, list[str]]] = {}
     for ds in m.domain_specs:
         works_d = assigned[ds["name"]]
-        n_val = max(1, round(split["val_fraction"] * len(works_d))) if len(works_d) >= 2 else 0
-        val, train = sorted(works_d[:n_val]), sorted(works_d[n_val:])
+        if "val_works" in split:
+            val, train = sorted(paired_val), sorted(works_d)
+        else:
+            n_val = max(1, round(split["val_fraction"] * len(works_d))) if len(works_d) >= 2 else 0
+            val, train = sorted(works_d[:n_val]), sorted(works_d[n_val:])
         splits_of[ds["name"]] = {"train": train, "val": val, "test": sorted(test)}
         for w in train:
             add(ds, "train", w, src["soundfont"])
