@@ -328,8 +328,8 @@ def test_chunked_and_sequential_translation_give_the_same_figures(data, classifi
     for chunk in (0, 1024):
         translator = ev.model_translator(model, seed=3, chunk_samples=chunk,
                                          overlap_samples=128)
-        result = ev.evaluate(model, data, sources=["piano"], targets=["cello"], works=2,
-                             segments=2, seconds=SECONDS / 2, classifier=classifier,
+        result = ev.evaluate(model, data, sources=["piano"], targets=["cello"], works=4,
+                             segments=1, seconds=SECONDS / 2, classifier=classifier,
                              thresholds=thresholds, translator=translator, probe_segments=0)
         figures[chunk] = evaluation_figures(result.clips)
     assert figures[0].keys() == figures[1024].keys() and "notes_kept_truth" in figures[0]

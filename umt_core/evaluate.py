@@ -379,9 +379,9 @@ class Evaluation:
             if cond != "translation":
                 continue
             out.append({"system": self.settings["system"], "source": src, "target": tgt,
-                        "clip": clip, "source_audio": self.audio[("source", src, clip, tgt)],
+                        "clip": clip, "source_audio": self.audio.get(("source", src, clip, tgt)),
                         "translation": audio,
-                        "ground_truth": self.audio[("ground_truth", src, clip, tgt)]})
+                        "ground_truth": self.audio.get(("ground_truth", src, clip, tgt))})
             if limit is not None and len(out) >= limit:
                 break
         return out
@@ -442,10 +442,9 @@ class _Rows:
         return f"{clip.work}@{clip.start / self.sample_rate:.2f}s"
 
     def add(self, condition: str, src: str, tgt: str, clip: PairedClip,
-            candidate: np.ndarray, signals: dict[str, Any] | None = None) -> None:
-        if signals is None:
-            signals = calibration.candidate_signals(candidate, clip, tgt, self.sample_rate,
-                                                    self.classifier)
+            candidate: np.ndarray) -> None:
+        signals = calibration.candidate_signals(candidate, clip, tgt, self.sample_rate,
+                                                self.classifier)
         self.records.append({"system": self.system, "condition": condition, "source": src,
                              "target": tgt, "work": clip.work,
                              "start": clip.start / self.sample_rate, **signals})
@@ -484,7 +483,8 @@ def evaluate(
     targets: Sequence[str] | None = None, works: int | None = None, segments: int = 4,
     seconds: float = 2.0, temperature: float = 1.0, seed: int = 0, system: str = "model",
     translator: Translator | None = None, classifier: InstrumentClassifier | None = None,
-    thresholds: dict[str, Any] | None = None, probe_seconds: float = 1.0,
+    thresholds: dict[str, Any] | None = None, with_calibration: bool = True,
+    probe_seconds: float = 1.0,
     probe_segments: int = 24, gap_segments: int = 4, gap_seconds: float = 0.5,
     classifier_files: int = 12, progress: bool = False,
 ) -> Evaluation:
@@ -496,6 +496,8 @@ def evaluate(
     generation (tests use it to stand in for a perfect or a copying model).
     `classifier` reuses a trained classifier (over the model's domains); `thresholds`
     reuses a `thresholds_on_val` result, else it is computed on the validation works.
+    `with_calibration=False` leaves the calibration rows out (a sweep that has them
+    already; the source and ground truth of the examples are then missing too).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -521,7 +523,8 @@ def evaluate(
     clips = {}
     for src, tgt in pairs:
         clips[src, tgt] = calibration.paired_clips(data, src, tgt, split=split, **options)
-        rows.add_calibration(data, src, tgt, clips[src, tgt], seed, mu_law)
+        if with_calibration:
+            rows.add_calibration(data, src, tgt, clips[src, tgt], seed, mu_law)
         if translator is not None:
             _add_translations(rows, translator, src, tgt, clips[src, tgt], round(seconds * sr))
     if translator is not None:
@@ -533,7 +536,7 @@ def evaluate(
         cal = pd.DataFrame(rows.records).rename(columns={"condition": "row"})
         thresholds = thresholds_on_val(
             data, classifier, pairs, seed=seed, mu_law=mu_law,
-            signals=cal[cal.row.isin(calibration.ROWS)] if split == THRESHOLD_SPLIT else None,
+            signals=cal[cal.row.isin(calibration.ROWS)] if split == THRESHOLD_SPLIT and with_calibration else None,
             **options)
     table = rows.table(Thresholds(**thresholds["values"]))
     probe, use = None, None
@@ -683,7 +686,9 @@ def sweep_temperature(model, data: EvalData, temperatures: Sequence[float] = TEM
     rows, shared = [], {}
     for t in temperatures:
         ev = evaluate(model, data, temperature=float(t), **options, **shared)
-        shared = {"classifier": ev.classifier_model, "thresholds": ev.thresholds}
+        # The calibration rows do not depend on the temperature: scored once.
+        shared = {"classifier": ev.classifier_model, "thresholds": ev.thresholds,
+                  "with_calibration": False}
         tr = ev.clips[ev.clips.condition == "translation"]
         notes = tr.notes_kept_score.where(tr.notes_kept_score.notna(), tr.notes_kept_truth)
         success = rate(tr.success.dropna().tolist())
