@@ -18,7 +18,8 @@ def test_notebook_is_stored_without_outputs_and_has_one_parameters_cell():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1
-    for name in ("checkpoints", "manifest", "source_clips", "target_domains", "seconds_per_clip",
+    for name in ("checkpoints", "manifest", "split", "works", "segments", "target_domains",
+                 "seconds_per_clip",
                  "n_trials", "answers_file", "participant", "interactive", "temperature",
                  'results_dir = "results/interactive"'):
         assert name in tagged[0].source
@@ -54,7 +55,7 @@ def test_notebook_runs_under_papermill_with_demo_answers(smoke_study):
         str(NOTEBOOK), str(tmp_path / "out.ipynb"), kernel_name="umt-study", cwd=str(REPO),
         progress_bar=False,
         parameters={"checkpoints": [str(ckpt)], "run_dir": "", "manifest": str(manifest),
-                    "source_clips": 1, "seconds_per_clip": 0.5, "n_trials": 4,
+                    "works": 2, "segments": 1, "seconds_per_clip": 0.5, "n_trials": 4,
                     "samples_to_show": 1, "results_dir": str(results),
                     "key_dir": str(tmp_path / "keys")},
     )
@@ -64,6 +65,9 @@ def test_notebook_runs_under_papermill_with_demo_answers(smoke_study):
     assert "smoke-best_translation_success" in figures
     assert "smoke-best_ground_truth_success" in figures
     assert "classifier_heldout_accuracy" in figures and "latent_probe_accuracy" in figures
+    assert figures["classifier_chance"] == 0.5 and figures["thresholds_chosen_on"] == "val"
+    assert "smoke-best_translation_notes_kept_truth_ci_high" in figures
+    assert "smoke-best_translation_clean_ci_low" in figures
     assert (results / "figures" / "04_success.png").is_file()
     # the examples shown, also as WAV files: source, translation and paired ground truth
     wavs = sorted(p.name for p in (results / "examples").glob("*.wav"))

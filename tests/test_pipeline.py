@@ -263,3 +263,45 @@ def test_smoke_study_runs_every_real_notebook(tmp_path, monkeypatch):
         assert "data:audio/wav;base64" in pages[stem]
     assert (out / "index.html").is_file()
     assert os.path.getsize(out / "index.html") < 200_000
+
+
+@pytest.mark.pipeline
+def test_notebooks_01_to_04_with_their_defaults_find_the_checkpoint(tmp_path, monkeypatch):
+    """JupyterLab's path: 01 -> 04 run one after the other with each notebook's own
+    run and results folders (only the smoke preset's sizes are set); 02 trains
+    runs/interactive, 03 analyses it and 04 finds its checkpoint."""
+    import papermill
+
+    root = scratch_root(tmp_path)
+    monkeypatch.setenv("UMT_ROOT", str(root))
+    pipeline.ensure_kernel()
+    manifest = pipeline.preset_manifest(root, pipeline.default_manifest("smoke"), "smoke")
+    for stem in pipeline.NOTEBOOKS:
+        path = root / "notebooks" / f"{stem}.ipynb"
+        wanted = {"preset": "smoke", "manifest": manifest,
+                  **pipeline.NOTEBOOK_PARAMETERS["smoke"][stem]}
+        params = {k: v for k, v in wanted.items() if k in pipeline.declared_parameters(path)}
+        assert not {"run_name", "run_dir", "results_dir", "checkpoints"} & set(params)
+        papermill.execute_notebook(str(path), str(tmp_path / f"{stem}.ipynb"), parameters=params,
+                                   kernel_name=pipeline.KERNEL, cwd=str(root),
+                                   progress_bar=False)
+    assert (root / "runs" / "interactive" / "checkpoints" / "best.pt").is_file()
+    results = root / "results" / "interactive"
+    analysis = json.loads((results / "03_loss_analysis.json").read_text())
+    assert analysis["runs"] >= 2  # runs/interactive besides the reference log excerpt
+    figures = json.loads((results / "04_listening_tests.json").read_text())
+    assert figures["n_evaluated_models"] == 1
+    assert "interactive-best_translation_success" in figures
+
+
+def test_index_folds_intervals_into_their_figures_and_keeps_demo_names():
+    from umt_core.study import report
+
+    figures = {"04_listening_tests": {
+        "m_translation_success": 0.25, "m_translation_success_ci_low": 0.1,
+        "m_translation_success_ci_high": 0.5, "m_translation_source_chroma": 0.4,
+        "demo_listening_ground_truth_accuracy": 0.9, "listening_demo": True}}
+    rows = report._figure_rows(report.headline_figures(figures))
+    assert [r[1] for r in rows] == ["m_translation_success", "m_translation_source_chroma",
+                                    "demo_listening_ground_truth_accuracy", "listening_demo"]
+    assert rows[0][2].startswith("0.25") and "[0.1" in rows[0][2] and "0.5]" in rows[0][2]

@@ -59,7 +59,7 @@ def test_the_cpu_preset_is_the_chosen_point_of_the_search():
     assert 20 <= config.preset("cpu").train.max_minutes <= 60
     assert "steps" not in study[0].parameters  # the budget, not a step count, ends it
     # the study evaluates on the same clips as the search
-    for key in ("source_domains", "target_domains", "source_clips", "seconds_per_clip"):
+    for key in ("source_domains", "target_domains", "works", "segments", "seconds_per_clip"):
         assert study[1].parameters[key] == chosen[1].parameters[key]
 
 

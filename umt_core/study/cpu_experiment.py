@@ -118,11 +118,12 @@ class Point:
             "train.segment_samples": _CPU.train.segment_samples * self.sample_rate // 8000,
             "train.steps_per_epoch": _CPU.train.steps_per_epoch,
             "train.lr_decay": _CPU.train.lr_decay,
-            # evaluation: every paired test work (8) per source with two domains
+            # evaluation: every paired work (8) with two domains, 4 clips spread over each
             "checkpoints": [f"runs/{run}/checkpoints/last.pt"],
             "source_domains": list(self.domains),
             "target_domains": list(self.domains),
-            "source_clips": 8 if two else 4,
+            "works": None if two else 4,
+            "segments": 4,
             "seconds_per_clip": 2.0,
             "samples_to_show": 2,
             "n_trials": 4,

@@ -74,8 +74,9 @@ NOTEBOOK_PARAMETERS: dict[str, dict[str, dict[str, Any]]] = {
         "01_data_prep": {"minutes_per_domain": 0.1, "test_works": 2, "example_seconds": 1.0},
         "02_train": {"steps": 20},
         "03_loss_analysis": {},
-        "04_listening_tests": {"source_clips": 1, "seconds_per_clip": 0.5, "samples_to_show": 1,
-                               "n_trials": 4},
+        "04_listening_tests": {"source_domains": ["piano"], "target_domains": ["cello"],
+                               "works": 2, "segments": 1, "seconds_per_clip": 0.5,
+                               "samples_to_show": 1, "n_trials": 4},
     },
     # The default: the CPU translation search's closest setting (the cpu config preset) on
     # piano and cello of the 8 kHz scores. Training stops at the preset's time budget
@@ -87,8 +88,8 @@ NOTEBOOK_PARAMETERS: dict[str, dict[str, dict[str, Any]]] = {
         "02_train": {"overrides": {"domains": _CHOSEN["domains"]}},
         "03_loss_analysis": {},
         "04_listening_tests": {
-            **{k: _CHOSEN[k] for k in ("source_domains", "target_domains", "source_clips",
-                                       "seconds_per_clip")},
+            **{k: _CHOSEN[k] for k in ("source_domains", "target_domains", "works",
+                                       "segments", "seconds_per_clip")},
             "samples_to_show": 2, "n_trials": 8},
     },
     # The paper's model on GPUs (notebook 02 launches torchrun when several are visible).
@@ -96,7 +97,7 @@ NOTEBOOK_PARAMETERS: dict[str, dict[str, dict[str, Any]]] = {
         "01_data_prep": {"example_seconds": 6.0},
         "02_train": {},
         "03_loss_analysis": {},
-        "04_listening_tests": {"source_clips": 4, "seconds_per_clip": 4.0, "samples_to_show": 4,
+        "04_listening_tests": {"segments": 4, "seconds_per_clip": 4.0, "samples_to_show": 4,
                                "n_trials": 16},
     },
 }

@@ -225,10 +225,14 @@ HEADLINES = {
     "02_train": ("steps", "epochs", "wall_seconds", "best_val_recon", "final_val_classifier_acc",
                  "skipped_steps", "rollbacks"),
     "03_loss_analysis": ("runs", "spikes", "divergent_runs", "restarted_runs", "this_run_*"),
-    "04_listening_tests": ("*_translation_success", "*_translation_classified_as_target",
-                           "*_translation_chroma", "*_translation_wave_corr",
-                           "*_ground_truth_success", "latent_probe_accuracy",
-                           "latent_probe_chance", "latent_use_gap", "listening_demo"),
+    "04_listening_tests": ("split", "temperature", "*_translation_success*",
+                           "*_translation_instrument*", "*_translation_clean*",
+                           "*_translation_notes_kept_score*", "*_translation_notes_kept_truth*",
+                           "*_translation_source_chroma", "*_ground_truth_success",
+                           "*_gt_snr5_clean", "*_shaped_noise_clean", "*_source_instrument",
+                           "*_unrelated_notes", "threshold_*", "classifier_chance",
+                           "latent_probe_accuracy", "latent_probe_chance", "latent_use_gap",
+                           "listening_demo", "demo_listening_*"),
 }
 
 
@@ -244,14 +248,30 @@ def headline_figures(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, 
     return out
 
 
+def _with_intervals(figures: dict[str, Any]) -> dict[str, str]:
+    """Figures as text, each `<name>_ci_low` and `<name>_ci_high` pair folded into its
+    figure's row as "value [low, high]"."""
+    out = {}
+    for key, value in figures.items():
+        base = key.removesuffix("_ci_low").removesuffix("_ci_high")
+        if base != key and base in figures:
+            continue
+        text = _fmt(value)
+        if f"{key}_ci_low" in figures and f"{key}_ci_high" in figures:
+            text += f" [{_fmt(figures[f'{key}_ci_low'])}, {_fmt(figures[f'{key}_ci_high'])}]"
+        out[key] = text
+    return out
+
+
 def _figure_rows(metrics: dict[str, dict[str, Any]], mark=None) -> list[list[str]]:
-    """Rows (notebook, figure, value); `mark(stem, key)` true adds a dagger to the figure."""
+    """Rows (notebook, figure, value [interval]); `mark(stem, key)` true adds a dagger to
+    the figure."""
     e = html.escape
     return [
         [e(stem) if i == 0 else "", e(key) + (" &dagger;" if mark and mark(stem, key) else ""),
-         e(_fmt(value))]
+         e(text)]
         for stem, figures in metrics.items()
-        for i, (key, value) in enumerate(figures.items())
+        for i, (key, text) in enumerate(_with_intervals(figures).items())
     ]
 
 
