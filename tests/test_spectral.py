@@ -231,7 +231,7 @@ def test_notebook_04_evaluates_a_spectral_model(tmp_path, monkeypatch):
         str(REPO / "notebooks" / "04_listening_tests.ipynb"), str(tmp_path / "04.ipynb"),
         kernel_name="umt-study", cwd=str(REPO), progress_bar=False,
         parameters={"checkpoints": [str(ckpt)], "run_dir": "", "manifest": str(manifest),
-                    "source_clips": 1, "seconds_per_clip": 0.5, "n_trials": 4,
+                    "works": 2, "segments": 1, "seconds_per_clip": 0.5, "n_trials": 4,
                     "samples_to_show": 1, "results_dir": str(results),
                     "key_dir": str(tmp_path / "keys")})
     figures = json.loads((results / "04_listening_tests.json").read_text())
