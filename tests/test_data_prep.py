@@ -169,7 +169,8 @@ def test_notebook_01_runs_under_papermill(tmp_path):
                     "results_dir": str(results)})
     figures = json.loads((results / "01_data_prep.json").read_text())
     assert figures["dataset"] == "scores" and figures["status"] == "prepared"
-    assert figures["files"] == 4 * 4 and figures["files_skipped"] == 0
+    # per domain: 2 training works, 1 paired validation work, the test work and its test_alt
+    assert figures["files"] == 4 * 5 and figures["files_skipped"] == 0
     assert figures["minutes_flute_test_alt"] > 0 and figures["paired_example"]
     for name in ("01_durations.png", "01_domains.png", "01_paired.png", "01_paired_alt.png"):
         assert (results / "figures" / name).stat().st_size > 0
