@@ -396,8 +396,8 @@ def test_evaluate_refuses_a_test_file_swapped_for_another_valid_wav(fresh_projec
     sf.write(wav, tone(len(audio) / SR, 523.0, 7), SR, subtype="PCM_16")  # same length
     out = root / "results" / "eval.json"
     before = snapshot(root / "data", root / "runs")
-    code, err = run_cli(["evaluate", "--checkpoint", ckpt, "--manifest", manifest, "--clips", "1",
-                         "--seconds", "0.25", "--json", out], capsys)
+    code, err = run_cli(["evaluate", "--checkpoint", ckpt, "--manifest", manifest, "--works", "2",
+                         "--segments", "1", "--seconds", "0.25", "--json", out], capsys)
     assert code == 2
     assert f"{wav}: sha256" in err and "differs from the lock's" in err
     assert "prep --manifest" in err
@@ -724,8 +724,8 @@ def test_a_hostile_pickle_is_refused_without_running_it(root, tmp_path, capsys):
     (["prep", "--workers", "0"], "argument --workers: '0' must be at least 1"),
     (["train", "--run-dir", "r", "--epochs", "0"], "argument --epochs: '0' must be at least 1"),
     (["train", "--run-dir", "r", "--steps", "-3"], "argument --steps: '-3' must be >= 0"),
-    (["evaluate", "--checkpoint", "c.pt", "--json", "e.json", "--clips", "two"],
-     "argument --clips: 'two' is not an integer"),
+    (["evaluate", "--checkpoint", "c.pt", "--json", "e.json", "--works", "two"],
+     "argument --works: 'two' is not an integer"),
     (["translate", "--checkpoint", "c.pt", "--input", "a.wav", "--to", "piano", "--out-dir",
       "o", "--seconds", "0"], "argument --seconds: '0' must be > 0"),
 ])
@@ -804,8 +804,8 @@ def test_index_opens_with_a_verdict_marks_reference_figures_and_plays_one_transl
                              "bundled_reference": "tests/fixtures/reference_log_excerpt.log",
                              "this_run_spikes": 0, "this_run_divergent_runs": 0},
         "04_listening_tests": {"m-best_translation_success": 0.25,
-                               "m-best_translation_classified_as_target": 0.5,
-                               "m-best_translation_chroma": 0.1,
+                               "m-best_translation_instrument": 0.5,
+                               "m-best_translation_notes_kept_score": 0.1,
                                "m-best_ground_truth_chroma": 0.46,
                                "m-best_ground_truth_success": 1.0},
     }

@@ -86,15 +86,18 @@ def translation_sentences(metrics: dict[str, dict[str, Any]]) -> list[str]:
         def f(key: str, model: str = model) -> Any:
             return figures.get(f"{model}_{key}")
 
+        kept = f("translation_notes_kept_score")
+        kept = f("translation_notes_kept_truth") if kept is None else kept
         out.append(
             f"<b>{html.escape(model)}</b>: {_pct(f('translation_success'))} of translations "
-            f"succeed (the instrument classifier hears the target instrument, the notes of the "
-            f"source are kept, and it is neither a copy nor closer to the source); "
-            f"{_pct(f('translation_classified_as_target'))} sound like the target instrument, "
-            f"and their pitch-class (chroma) agreement with the source is "
-            f"{_num(f('translation_chroma'))}, against {_num(f('ground_truth_chroma'))} for the "
-            f"real rendering of the same notes by the target instrument, which succeeds "
-            f"{_pct(f('ground_truth_success'))} of the time (the measure's ceiling). "
+            f"succeed (95% interval {_pct(f('translation_success_ci_low'))} to "
+            f"{_pct(f('translation_success_ci_high'))}: the instrument classifier hears the "
+            f"target instrument, the output is clean, the notes are kept and it is closer to "
+            f"the target than to the source); {_pct(f('translation_instrument'))} sound like "
+            f"the target instrument, {_pct(f('translation_clean'))} are clean, and they keep "
+            f"{_num(kept)} of the notes (0 = another work's notes, 1 = the real rendering of "
+            f"the same notes by the target instrument, which succeeds "
+            f"{_pct(f('ground_truth_success'))} of the time: the measure's ceiling). "
             + _meaning(f("translation_success"), f("ground_truth_success")))
     if "latent_probe_accuracy" in figures:
         out.append(
