@@ -384,14 +384,16 @@ def test_a_training_file_changed_since_prep_is_refused(fresh_project, capsys):
     assert snapshot(run, root / "data") == before
 
 
-def test_evaluate_refuses_a_test_file_swapped_for_another_valid_wav(fresh_project, capsys):
+def test_evaluate_refuses_a_file_swapped_for_another_valid_wav(fresh_project, capsys):
     from umt_core.config import preset
     from umt_core.train import train
 
     root, manifest = fresh_project
     ckpt = train(preset("smoke"), root / "runs" / "e", manifest=manifest, steps=1,
                  progress=False)["last_checkpoint"]
-    wav = a_test_wav(root)
+    # A training file: the first the evaluation reads (its instrument classifier learns
+    # from them; this unpaired dataset has no paired works to judge after that).
+    wav = min((root / "data" / "tiny" / "cello" / "train").glob("*.wav"))
     audio, _ = sf.read(wav, dtype="float32")
     sf.write(wav, tone(len(audio) / SR, 523.0, 7), SR, subtype="PCM_16")  # same length
     out = root / "results" / "eval.json"
