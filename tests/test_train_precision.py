@@ -10,6 +10,7 @@ from test_train import _same, kill_and_resume, smoke, synthetic_domains
 
 from umt_core.checkpoint import load_checkpoint, save_checkpoint
 from umt_core.config import Config, apply_overrides, legacy_precision
+from umt_core.statistics import compare_figures, interval
 from umt_core.train import Trainer, read_metrics, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -141,8 +142,6 @@ def test_a_run_stored_with_the_old_flag_resumes_exactly_on_the_cpu(tmp_path, dat
 
 
 def test_parity_intervals_and_their_comparison():
-    from umt_core.bench.parity import compare_figures, interval
-
     mean, lo, hi = interval(np.array([0, 0, 0, 0]), binary=True)
     assert mean == 0 and lo == pytest.approx(0, abs=1e-12) and 0.4 < hi < 0.6  # Wilson, n=4
     mean, lo, hi = interval(np.array([1.0, 2.0, 3.0, np.nan]), binary=False)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -91,4 +92,31 @@ def bootstrap_crossed(values: Sequence[float], rows: Sequence[str], cols: Sequen
     alpha = (1 - confidence) / 2
     if means.size:
         out["ci_low"], out["ci_high"] = (float(q) for q in np.quantile(means, [alpha, 1 - alpha]))
+    return out
+
+
+def interval(values: np.ndarray, binary: bool,
+             groups: np.ndarray | None = None) -> tuple[float, float, float]:
+    """(mean, low, high) of `values` (NaN dropped) with its 95% interval
+    Wilson for a yes/no figure, else a bootstrap over `groups`
+    (default: every value its own group)."""
+    v = np.asarray(values, dtype=float)
+    if binary:
+        r = rate(v.tolist())
+        return r["rate"], r["ci_low"], r["ci_high"]
+    g = np.arange(len(v)).astype(str) if groups is None else np.asarray(groups)
+    b = bootstrap_mean(v, g)
+    return b["mean"], b["ci_low"], b["ci_high"]
+
+
+def compare_figures(a: dict[str, tuple[float, float, float]],
+                    b: dict[str, tuple[float, float, float]]) -> dict[str, bool]:
+    """Per figure: do the two runs' 95% intervals overlap?"""
+    out = {}
+    for k, (ma, la, ha) in a.items():
+        mb, lb, hb = b[k]
+        if math.isnan(ma) and math.isnan(mb):
+            out[k] = True  # neither run has the figure
+            continue
+        out[k] = bool(la <= hb and lb <= ha)  # False too where an interval is missing (NaN)
     return out

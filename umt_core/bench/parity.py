@@ -22,38 +22,11 @@ import numpy as np
 from ..config import PRECISIONS, PRESETS, parse_overrides, preset
 from ..options import positive_int
 from ..paths import resolve
-from ..statistics import bootstrap_mean, rate
+from ..statistics import compare_figures, interval
 
 # Figures compared, per condition "translation": the evaluation's criteria and signals.
 BINARY = ("instrument", "clean", "notes", "closer_to_target", "success")
 FIGURES = (*BINARY, "notes_kept_score", "notes_kept_truth", "source_chroma")
-
-
-def interval(values: np.ndarray, binary: bool,
-             groups: np.ndarray | None = None) -> tuple[float, float, float]:
-    """(mean, low, high) of `values` (NaN dropped) with its 95% interval
-    (`umt_core.statistics`): Wilson for a yes/no figure, else a bootstrap over `groups`
-    (default: every value its own group)."""
-    v = np.asarray(values, dtype=float)
-    if binary:
-        r = rate(v.tolist())
-        return r["rate"], r["ci_low"], r["ci_high"]
-    g = np.arange(len(v)).astype(str) if groups is None else np.asarray(groups)
-    b = bootstrap_mean(v, g)
-    return b["mean"], b["ci_low"], b["ci_high"]
-
-
-def compare_figures(a: dict[str, tuple[float, float, float]],
-                    b: dict[str, tuple[float, float, float]]) -> dict[str, bool]:
-    """Per figure: do the two runs' 95% intervals overlap?"""
-    out = {}
-    for k, (ma, la, ha) in a.items():
-        mb, lb, hb = b[k]
-        if math.isnan(ma) and math.isnan(mb):
-            out[k] = True  # neither run has the figure
-            continue
-        out[k] = bool(la <= hb and lb <= ha)  # False too where an interval is missing (NaN)
-    return out
 
 
 def evaluation_figures(clips) -> dict[str, tuple[float, float, float]]:
