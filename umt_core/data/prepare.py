@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import librosa
 import numpy as np
@@ -298,107 +298,131 @@ def _produce(job: Job, data_dir: Path, sample_rate: int, data: bytes | None = No
 
 def _plan_scores(m: Manifest, params: dict, note_cache, workers: int, progress: bool,
                  policy: str, skipped: list, log) -> tuple[list[Job], dict]:
-
+    """The render jobs of a scores dataset and the works of each split: test works
+    first, then paired validation works (both the same in every domain), then the
+    others dealt to the domain with the least audio."""
     src, split = params["source"], params["split"]
+    _check_soundfonts(m, src)
+    cache = render.note_cache_dir(Path(note_cache) if note_cache
+                                  else m.data_dir.parent / ".cache" / "notes")
+    works = render.list_works(src["corpus"])
+    order = [works[i] for i in np.random.default_rng(m.seed).permutation(len(works))]
+    with _WorkReader(order, cache, workers, progress, policy, skipped) as reader:
+        test = reader.take(split["test_works"])
+        paired_val = reader.take(split.get("val_works", 0))
+        assigned = _deal_works(m, reader, split["minutes_per_domain"] * 60.0, src, log)
+    splits_of = {}
+    for ds in m.domain_specs:
+        works_d = assigned[ds["name"]]
+        if "val_works" in split:
+            val, train = paired_val, works_d
+        else:
+            n_val = max(1, round(split["val_fraction"] * len(works_d))) if len(works_d) >= 2 else 0
+            val, train = works_d[:n_val], works_d[n_val:]
+        splits_of[ds["name"]] = {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+    jobs = _score_jobs(m, src, cache, reader.parsed, splits_of)
+    unexpanded = sorted(w for w, n in reader.parsed.items() if not n.get("repeats_expanded", True))
+    return jobs, {"works": splits_of, "repeats_not_expanded": unexpanded}
+
+
+def _check_soundfonts(m: Manifest, src: dict) -> None:
     for key in ("soundfont", "alt_soundfont"):
         if not Path(src[key]).is_file():
             raise DataError(f"{m.path}: source.{key} {src[key]} does not exist; install it with "
                             "`apt-get install fluid-soundfont-gm timgm6mb-soundfont`")
-    cache = render.note_cache_dir(Path(note_cache) if note_cache else m.data_dir.parent / ".cache" / "notes")
-    works = render.list_works(src["corpus"])
-    order = [works[i] for i in np.random.default_rng(m.seed).permutation(len(works))]
-    n_test = split["test_works"]
-    need = split["minutes_per_domain"] * 60.0
-    seconds = lambda notes: render.work_seconds(notes, src["tempo_qpm"], src["excerpt_seconds"])
 
-    parsed: dict[str, dict] = {}
-    bar = _bar(None, "parse scores", progress)
-    parser = _Parser(cache, workers)
 
-    def parse(batch: list[str]) -> list[str]:
-        todo = [w for w in batch if w not in parsed]
-        for w, result in parser(todo):
-            bar.update(1)
+class _WorkReader:
+    """Reads works in the seeded order, parsing them (in a pool) only when needed; works
+    that cannot be parsed are skipped or fail by the manifest's error policy."""
+
+    def __init__(self, order: list[str], cache: Path, workers: int, progress: bool,
+                 policy: str, skipped: list):
+        self.order, self.pos, self.policy, self.skipped = order, 0, policy, skipped
+        self.parsed: dict[str, dict] = {}
+        self.bar = _bar(None, "parse scores", progress)
+        self.parser = _Parser(cache, workers)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+        self.parser.close()
+
+    @property
+    def exhausted(self) -> bool:
+        return self.pos >= len(self.order)
+
+    def next_batch(self, n: int) -> list[str]:
+        """The next `n` works of the order that parse."""
+        batch = self.order[self.pos:self.pos + n]
+        self.pos += len(batch)
+        for w, result in self.parser([w for w in batch if w not in self.parsed]):
+            self.bar.update(1)
             if isinstance(result, Exception):
-                _fail_or_skip(policy, skipped, f"score bach/{w}", f"cannot be parsed ({result})")
+                _fail_or_skip(self.policy, self.skipped, f"score bach/{w}",
+                              f"cannot be parsed ({result})")
             else:
-                parsed[w] = result
-        return [w for w in batch if w in parsed]
+                self.parsed[w] = result
+        return [w for w in batch if w in self.parsed]
 
-    # Test works first, then paired validation works (both the same in every domain),
-    # then the others dealt to the domain with the least audio, until every domain has
-    # its minutes and >= 2 works.
-    pos = 0
-
-    def take(n: int) -> list[str]:
-        nonlocal pos
+    def take(self, n: int) -> list[str]:
+        """`n` works that parse (fewer if the corpus runs out)."""
         got: list[str] = []
-        while len(got) < n and pos < len(order):
-            batch = order[pos:pos + n - len(got)]
-            pos += len(batch)
-            got += parse(batch)
+        while len(got) < n and not self.exhausted:
+            got += self.next_batch(n - len(got))
         return got
 
-    test = take(n_test)
-    paired_val = take(split.get("val_works", 0))
+
+def _deal_works(m: Manifest, reader: _WorkReader, need_seconds: float, src: dict,
+                log) -> dict[str, list[str]]:
+    """Deal the next works to the domain with the least audio until every domain has
+    `need_seconds` of it and at least 2 works."""
     acc = {d: 0.0 for d in m.domains}
     assigned: dict[str, list[str]] = {d: [] for d in m.domains}
-    full = lambda d: acc[d] >= need and len(assigned[d]) >= 2
-    while pos < len(order) and not all(full(d) for d in m.domains):
-        open_domains = [d for d in m.domains if not full(d)]
-        # Parse about as many works as still needed (guessing 40 s a work), at most 32.
-        guess = sum(max(2 - len(assigned[d]), int(np.ceil((need - acc[d]) / 40.0)))
-                    for d in open_domains)
-        batch = order[pos:pos + int(np.clip(guess, len(open_domains), 32))]
-        pos += len(batch)
-        for w in parse(batch):
-            open_domains = [d for d in m.domains if not full(d)]
-            if not open_domains:
-                break
-            d = min(open_domains, key=lambda d: (acc[d], m.domains.index(d)))
-            assigned[d].append(w)
-            acc[d] += seconds(parsed[w])
-    bar.close()
-    parser.close()
-    short = [d for d in m.domains if not full(d)]
-    if short:
-        log(f"{m.name}: the corpus ran out; domains {short} have less than "
-            f"{split['minutes_per_domain']:g} minutes")
 
+    def open_domains() -> list[str]:
+        return [d for d in m.domains if acc[d] < need_seconds or len(assigned[d]) < 2]
+
+    while not reader.exhausted and open_domains():
+        # Parse about as many works as still needed (guessing 40 s a work), at most 32.
+        guess = sum(max(2 - len(assigned[d]), int(np.ceil((need_seconds - acc[d]) / 40.0)))
+                    for d in open_domains())
+        for w in reader.next_batch(int(np.clip(guess, len(open_domains()), 32))):
+            if not open_domains():
+                break
+            d = min(open_domains(), key=lambda d: (acc[d], m.domains.index(d)))
+            assigned[d].append(w)
+            acc[d] += render.work_seconds(reader.parsed[w], src["tempo_qpm"],
+                                          src["excerpt_seconds"])
+    if open_domains():
+        log(f"{m.name}: the corpus ran out; domains {open_domains()} have less than "
+            f"{need_seconds / 60:g} minutes")
+    return assigned
+
+
+def _score_jobs(m: Manifest, src: dict, cache: Path, parsed: dict[str, dict],
+                splits_of: dict[str, dict[str, list[str]]]) -> list[Job]:
+    """One render job per domain, split and work; test works also with the other
+    soundfont (test_alt)."""
     base = {"kind": "score", "sample_rate": m.sample_rate, "renderer": render.RENDERER_VERSION,
             **{k: src[k] for k in ("tempo_qpm", "velocity", "min_note_seconds", "tail_seconds",
                                    "gain", "peak", "excerpt_seconds")}}
     jobs = []
-
-    def add(spec_domain: dict, split_name: str, work: str, soundfont: str) -> None:
-        notes = parsed[work]
-        spec = {**base, "work": work, "notes_sha256": render.notes_sha256(notes),
-                "program": spec_domain["program"], "low": spec_domain["low"],
-                "high": spec_domain["high"], "soundfont": soundfont,
-                "soundfont_bytes": Path(soundfont).stat().st_size}
-        jobs.append(Job(rel=f"{spec_domain['name']}/{split_name}/{work}.wav",
-                        domain=spec_domain["name"], split=split_name, spec=spec,
-                        inputs={"notes_path": str(cache / f"{work}.json")},
-                        label=f"bach/{work}, {Path(soundfont).name} program {spec['program']}"))
-
-    splits_of: dict[str, dict[str, list[str]]] = {}
     for ds in m.domain_specs:
-        works_d = assigned[ds["name"]]
-        if "val_works" in split:
-            val, train = sorted(paired_val), sorted(works_d)
-        else:
-            n_val = max(1, round(split["val_fraction"] * len(works_d))) if len(works_d) >= 2 else 0
-            val, train = sorted(works_d[:n_val]), sorted(works_d[n_val:])
-        splits_of[ds["name"]] = {"train": train, "val": val, "test": sorted(test)}
-        for w in train:
-            add(ds, "train", w, src["soundfont"])
-        for w in val:
-            add(ds, "val", w, src["soundfont"])
-        for w in sorted(test):
-            add(ds, "test", w, src["soundfont"])
-            add(ds, "test_alt", w, src["alt_soundfont"])
-    unexpanded = sorted(w for w, n in parsed.items() if not n.get("repeats_expanded", True))
-    return jobs, {"works": splits_of, "repeats_not_expanded": unexpanded}
+        runs = [(s, w, src["soundfont"]) for s in ("train", "val") for w in splits_of[ds["name"]][s]]
+        for w in splits_of[ds["name"]]["test"]:
+            runs += [("test", w, src["soundfont"]), ("test_alt", w, src["alt_soundfont"])]
+        for split_name, work, soundfont in runs:
+            spec = {**base, "work": work, "notes_sha256": render.notes_sha256(parsed[work]),
+                    "program": ds["program"], "low": ds["low"], "high": ds["high"],
+                    "soundfont": soundfont, "soundfont_bytes": Path(soundfont).stat().st_size}
+            jobs.append(Job(rel=f"{ds['name']}/{split_name}/{work}.wav", domain=ds["name"],
+                            split=split_name, spec=spec,
+                            inputs={"notes_path": str(cache / f"{work}.json")},
+                            label=f"bach/{work}, {Path(soundfont).name} program {ds['program']}"))
+    return jobs
 
 
 class _Parser:
