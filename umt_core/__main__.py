@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "umt_core.evaluate",        # evaluate
     "umt_core.study.pipeline",  # study
     "umt_core.study.goal",      # goal
+    "umt_core.study.round_trip",  # round-trip
     "umt_core.bench",           # bench train|generate|loader
 ]
 
