@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 KERNEL := $(VENV)/share/jupyter/kernels/umt-study/kernel.json
 # Debian packages: the synthesizer, two General MIDI soundfonts, a browser for the UI test.
 APT_PACKAGES := fluidsynth fluid-soundfont-gm timgm6mb-soundfont chromium
-PRESET ?= cpu
+# The default study: the WaveNet model (cpu) and the spectral ablation side by side.
+PRESET ?= cpu cpu-spectral
 PYTEST_ARGS ?=
 
 .PHONY: setup system-packages test study lab bench clean-venv
@@ -44,7 +45,7 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 study: setup
-	$(PY) -m umt_core study --preset $(PRESET)
+	$(PY) -m umt_core study $(addprefix --preset ,$(PRESET))
 
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks

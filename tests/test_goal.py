@@ -8,8 +8,17 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_evaluate import (SECONDS, SPLITS, _copy_translator, _noise_translator, _oracle,
-                           classifier, data, thresholds, write_smoke_study)
+from test_evaluate import (
+    SECONDS,
+    SPLITS,
+    _copy_translator,
+    _noise_translator,
+    _oracle,
+    classifier,
+    data,
+    thresholds,
+    write_smoke_study,
+)
 
 from umt_core import evaluate as ev
 from umt_core.__main__ import main

@@ -574,10 +574,13 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
         description="Execute the study's notebooks in order with a preset's parameters and "
         "write executed notebooks, HTML, metrics.json and index.html to results/<run>/.",
     )
-    p.add_argument("--preset", default="cpu", choices=sorted(NOTEBOOK_PARAMETERS),
+    p.add_argument("--preset", action="append", default=None, choices=sorted(NOTEBOOK_PARAMETERS),
                    help="smoke: the whole chain on a tiny model, in minutes (its figures are "
-                        "meaningless); cpu: about an hour on 2 cores; paper: the paper's "
-                        "model, for GPUs")
+                        "meaningless); cpu: about an hour on 2 cores; cpu-spectral: the "
+                        "spectral decoder ablation; paper: the paper's model, for GPUs. "
+                        "Given twice or more, the presets' studies run at the same time, "
+                        "the cores shared out, and results/index.html shows them side by "
+                        "side (make study: cpu and cpu-spectral) (None: cpu)")
     p.add_argument("--run", default=None, help="run name (None: the preset's name)")
     p.add_argument("--manifest", default=None,
                    help=f"dataset manifest (None: {PRESET_MANIFESTS['cpu']} for the cpu "
@@ -614,6 +617,10 @@ def _select(spec: str | None) -> tuple[str, ...]:
 def _cli_study(args: argparse.Namespace) -> int:
     from ..outputs import output_dir
 
+    presets = args.preset or ["cpu"]
+    if len(set(presets)) > 1:
+        return _cli_side_by_side(args, list(dict.fromkeys(presets)))
+    args.preset = presets[0]
     overrides = parse_values(args.param)
     stems = _select(args.notebooks)
     command = " ".join(["python -m umt_core", *sys.argv[1:]])
@@ -661,4 +668,33 @@ def _cli_study(args: argparse.Namespace) -> int:
     except StudyFailed as e:
         print(f"error: {e.details}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _cli_side_by_side(args: argparse.Namespace, presets: list[str]) -> int:
+    from ..outputs import output_dir
+    from .side_by_side import run_side_by_side
+
+    if args.run or args.notebooks or args.experiment or args.variants or args.summarize \
+            or args.dry_run:
+        raise ValueError("several --preset run each preset's whole study under its own name; "
+                         "drop --run, --notebooks, --experiment, --variants, --summarize and "
+                         "--dry-run (or give one --preset)")
+    parse_values(args.param)  # a malformed -p fails here, not in every child
+    root = project_root()
+    for folder in ("runs", "data", "results"):
+        output_dir(root / folder, f"{folder}/ folder")
+    manifests = {preset_manifest(root, args.manifest or default_manifest(p), p, write=False)
+                 for p in presets}
+    if len(manifests) > 1:
+        raise ValueError(f"the presets {presets} train on different datasets {sorted(manifests)}; "
+                         "a side-by-side study compares them on one (give --manifest)")
+    manifest = manifests.pop()
+
+    def prepare():
+        data.prep(root / manifest if not Path(manifest).is_absolute() else manifest,
+                  progress=sys.stderr.isatty())
+
+    run_side_by_side(presets, root=root, manifest=args.manifest, params=args.param,
+                     prepare=prepare)  # SideBySideFailed: exit code 1, the failed ones named
     return 0

@@ -1,0 +1,265 @@
+"""The default study: the paper's WaveNet decoder (the `cpu` preset) and the spectral
+decoder ablation (`cpu-spectral`) trained at the same time, one core each, and reported
+side by side on the same test clips.
+
+`run_side_by_side` prepares the dataset once, then runs one `python -m umt_core study
+--preset P` child per preset with the machine's cores shared out (each child's notebooks
+see ``OMP_NUM_THREADS``), prefixes and forwards their output, and writes
+``results/index.html``: the metric table of both models (with intervals), and for each
+example clip the source, the ground truth and each model's translation as audio players
+and spectrograms. Each preset's own report stays in ``results/<preset>/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import html
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..child_processes import die_with_parent
+from ..errors import Failure
+from ..paths import write_text_atomic
+from .report import _CSS, _table
+
+# The default study, in the order of the page's columns.
+DEFAULT_PRESETS = ("cpu", "cpu-spectral")
+PAGE = "index.html"  # in results/
+DESCRIPTIONS = {
+    "cpu": "WaveNet decoders (the paper's model, scaled to the CPU)",
+    "cpu-spectral": "spectral decoders (an ablation: log-magnitude STFT frames and "
+                    "Griffin-Lim instead of WaveNet; not the paper's model)",
+}
+# (label, metric suffix in notebook 04's figures, kind): the table's rows.
+ROWS = [
+    ("notes kept (vs the score; 0 = wrong notes, 1 = the real rendering)",
+     "translation_notes_kept_score", "mean"),
+    ("classified as the target instrument", "translation_instrument", "rate"),
+    ("closer to the target's rendering than to the source", "translation_closer_to_target", "rate"),
+    ("clean (noise floor below the calibrated bar)", "translation_clean", "rate"),
+    ("success (all four)", "translation_success", "rate"),
+]
+LATENT_ROWS = [("latent probe accuracy (chance in the next row)", "latent_probe_accuracy"),
+               ("latent probe chance", "latent_probe_chance"),
+               ("latent-use gap (0 = the decoders ignore the latent)", "latent_use_gap")]
+TRAIN_ROWS = [("training steps", "steps"), ("training minutes", "train_minutes"),
+              ("best validation loss", "best_val_recon")]
+
+
+class SideBySideFailed(Failure):
+    """One study or more failed (exit code 1); the page is written all the same."""
+
+
+def threads_per_child(n_children: int, cores: int | None = None) -> int:
+    """The cores shared out between children that run at the same time (at least one)."""
+    return max(1, (cores or os.cpu_count() or 1) // max(n_children, 1))
+
+
+def child_command(preset: str, manifest: str | None, params: list[str]) -> list[str]:
+    cmd = [sys.executable, "-m", "umt_core", "study", "--preset", preset]
+    if manifest:
+        cmd += ["--manifest", manifest]
+    for p in params:
+        cmd += ["-p", p]
+    return cmd
+
+
+def _forward(stream, prefix: str, log: Callable[[str], Any]) -> None:
+    for line in iter(stream.readline, ""):
+        log(f"[{prefix}] {line.rstrip()}")
+    stream.close()
+
+
+def run_side_by_side(presets: tuple[str, ...] | list[str] = DEFAULT_PRESETS, *,
+                     root: Path, manifest: str | None = None, params: list[str] | None = None,
+                     log: Callable[[str], Any] = print, prepare: Callable[[], Any] | None = None,
+                     cores: int | None = None) -> Path:
+    """Run the presets' studies at the same time and write results/index.html.
+
+    `prepare` (the dataset's prep) runs once first, so that the children only verify it.
+    Raises `SideBySideFailed` naming each preset whose study failed (after writing the
+    page from what the others produced)."""
+    presets = list(dict.fromkeys(presets))
+    if len(presets) < 2:
+        raise ValueError(f"a side-by-side study needs two presets or more, got {presets}")
+    if prepare is not None:
+        prepare()
+    threads = threads_per_child(len(presets), cores)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    log(f"Side by side: {', '.join(presets)}, {threads} thread(s) each")
+    children, readers, started = {}, [], time.perf_counter()
+    try:
+        # Every child is spawned before the first reader thread starts, so `preexec_fn`
+        # (a child killed with its parent: no orphan keeps training) never runs beside a
+        # thread of this process.
+        for p in presets:
+            children[p] = subprocess.Popen(
+                child_command(p, manifest, params or []), cwd=root, env=env, text=True,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1,
+                preexec_fn=functools.partial(die_with_parent, os.getpid()))  # noqa: PLW1509
+        for p, child in children.items():
+            t = threading.Thread(target=_forward, args=(child.stdout, p, log), daemon=True)
+            t.start()
+            readers.append(t)
+        codes = {p: c.wait() for p, c in children.items()}
+    finally:
+        for c in children.values():
+            if c.poll() is None:
+                c.terminate()
+        for c in children.values():
+            try:
+                c.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                c.kill()
+    for t in readers:
+        t.join(timeout=5)
+    minutes = (time.perf_counter() - started) / 60
+    page = root / "results" / PAGE
+    write_text_atomic(page, side_by_side_html(root, presets, wall_minutes=minutes))
+    log(f"Side-by-side report: {page} ({minutes:.1f} min)")
+    failed = [p for p, code in codes.items() if code != 0]
+    if failed:
+        raise SideBySideFailed(f"the studies of {failed} failed (their reports are in "
+                               + ", ".join(f"results/{p}/" for p in failed) + ")")
+    return page
+
+
+# --------------------------------------------------------------------------- the page
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _figure(figures: dict[str, Any], suffix: str, kind: str) -> str:
+    """"value [low, high]" of the model's figure ending in `suffix` (notebook 04 names
+    a model's figures "<model>_<condition>_<criterion>")."""
+    keys = [k for k in figures if k.endswith("_" + suffix) and not k.startswith("ground_truth")]
+    if not keys:
+        return "-"
+    key = keys[0]
+    value = figures[key]
+    if not isinstance(value, int | float):
+        return html.escape(str(value))
+    text = f"{value:.2f}" if kind == "rate" else f"{value:.3f}"
+    low, high = figures.get(f"{key}_ci_low"), figures.get(f"{key}_ci_high")
+    if isinstance(low, int | float) and isinstance(high, int | float):
+        text += f" [{low:.2f}, {high:.2f}]" if kind == "rate" else f" [{low:.3f}, {high:.3f}]"
+    return text
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return "-" if value is None else html.escape(str(value))
+
+
+_EXAMPLE = re.compile(r"^(\d+)_(.+)_(source|translation|ground_truth)\.wav$")
+
+
+def examples(results_dir: Path) -> dict[str, dict[str, Path]]:
+    """{clip key ("<work>@<start>_<src>-to-<tgt>"): {role: wav}} of a run's examples."""
+    out: dict[str, dict[str, Path]] = {}
+    for wav in sorted((results_dir / "examples").glob("*.wav")):
+        m = _EXAMPLE.match(wav.name)
+        if m:
+            out.setdefault(m.group(2), {})[m.group(3)] = wav
+    return out
+
+
+def _audio_tag(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<audio controls preload="none" src="data:audio/wav;base64,{data}"></audio>'
+
+
+def _spectrogram_tag(path: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..audio import read_audio
+    from ..signals import DB_FLOOR, N_MELS, logmel
+
+    audio, sr = read_audio(path)
+    audio = audio.mean(axis=1) if audio.ndim == 2 else audio
+    fig, ax = plt.subplots(figsize=(3.2, 1.9))
+    ax.imshow(logmel(np.asarray(audio, dtype=np.float32), sr), origin="lower", aspect="auto",
+              cmap="magma", vmin=DB_FLOOR, vmax=0, extent=[0, len(audio) / sr, 0, N_MELS])
+    ax.set_xlabel("seconds", fontsize=7)
+    ax.set_ylabel("mel band", fontsize=7)
+    ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return f'<img alt="log-mel spectrogram" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def side_by_side_html(root: Path, presets: list[str], wall_minutes: float | None = None) -> str:
+    e = html.escape
+    results = root / "results"
+    metrics = {p: _read_json(results / p / "metrics.json") for p in presets}
+    prov = {p: _read_json(results / p / "provenance.json") for p in presets}
+    heads = ["", *[f'<a href="{e(p)}/index.html">{e(p)}</a>' for p in presets]]
+    rows = [[e(label), *[_figure(metrics[p].get("04_listening_tests", {}), suffix, kind)
+                         for p in presets]] for label, suffix, kind in ROWS]
+    rows += [[e(label), *[_plain(metrics[p].get("04_listening_tests", {}).get(key))
+                          for p in presets]] for label, key in LATENT_ROWS]
+    rows += [[e(label), *[_plain(metrics[p].get("02_train", {}).get(key)) for p in presets]]
+             for label, key in TRAIN_ROWS]
+    rows += [["git commit", *[e(str(prov[p].get("git", {}).get("commit", "-"))[:10]
+                                + (" + uncommitted" if prov[p].get("git", {}).get("dirty") else ""))
+                              for p in presets]],
+             ["status", *[e(str(prov[p].get("status", "missing"))) for p in presets]]]
+    numeric = set(range(1, len(heads)))
+
+    ex = {p: examples(results / p) for p in presets}
+    shared = [k for k in ex[presets[0]] if all(k in ex[p] for p in presets)]
+    clip_html = []
+    for key in shared:
+        first = ex[presets[0]][key]
+        panels = [("source", first.get("source")), ("ground truth", first.get("ground_truth"))]
+        panels += [(f"{p}: translation", ex[p][key].get("translation")) for p in presets]
+        cells = "".join(
+            f"<td><b>{e(label)}</b><br>{_audio_tag(wav)}<br>{_spectrogram_tag(wav)}</td>"
+            for label, wav in panels if wav is not None)
+        clip_html.append(f"<h3>{e(key.replace('_', ' '))}</h3><table><tr>{cells}</tr></table>")
+    clips = "".join(clip_html) or (
+        '<p class="muted">No example clip is shared by every run (each run writes its '
+        "examples in notebook 04).</p>")
+    described = "".join(f"<li><b>{e(p)}</b>: {e(DESCRIPTIONS.get(p, p), quote=False)}</li>" for p in presets)
+    wall = "" if wall_minutes is None else f"<p>Wall time of the side-by-side run: {wall_minutes:.1f} min.</p>"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>UMT study: side by side</title><style>{_CSS}</style></head><body>
+<h1>Universal Music Translation Network: the default study</h1>
+<p>Two models trained at the same time on the same data, domains and machine (one core
+each), evaluated on the same paired test clips with the same calibrated criteria
+(thresholds chosen on the validation works; Wilson intervals on rates, a bootstrap over
+works on means):</p>
+<ul>{described}</ul>
+{wall}
+<h2>Metrics</h2>
+{_table(heads, rows, numeric=numeric)}
+<p class="muted">Each column's full report, with every figure, the calibration table and
+its provenance: the link in its heading. What the figures mean and where each run stands
+against the paper: results/README.md.</p>
+<h2>The same test clips</h2>
+{clips}
+</body></html>
+"""
