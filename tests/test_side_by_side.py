@@ -114,3 +114,13 @@ def test_make_study_runs_the_default_presets_side_by_side():
 
     line = next(x for x in (REPO / "Makefile").read_text().splitlines() if x.startswith("PRESET ?="))
     assert tuple(line.split("=", 1)[1].split()) == sbs.DEFAULT_PRESETS
+
+
+def test_summarize_rebuilds_the_page_from_results_already_there(tmp_path, monkeypatch):
+    monkeypatch.delenv("UMT_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    for p in sbs.DEFAULT_PRESETS:
+        _fake_results(tmp_path, p)
+    assert main(["study", "--preset", "cpu", "--preset", "cpu-spectral", "--summarize"]) == 0
+    page = (tmp_path / "results" / "index.html").read_text()
+    assert page.count("<audio") == 4 and "Wall time" not in page  # not a measured run

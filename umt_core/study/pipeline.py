@@ -596,7 +596,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                    help="with --experiment: comma-separated subset of its variants to run (None: all)")
     p.add_argument("--summarize", action="store_true",
                    help="with --experiment: only rebuild results/<experiment>/ from the "
-                        "variants' results already there")
+                        "variants' results already there; with several --preset: only "
+                        "rebuild results/index.html from theirs")
     p.add_argument("--dry-run", action="store_true",
                    help="print each notebook's parameters and stop")
     p.set_defaults(func=_cli_study)
@@ -626,7 +627,7 @@ def _cli_study(args: argparse.Namespace) -> int:
     command = " ".join(["python -m umt_core", *sys.argv[1:]])
     if args.experiment and (args.run or args.notebooks):
         raise ValueError("--experiment names its own runs and notebooks; drop --run/--notebooks")
-    if (args.variants or args.summarize) and not args.experiment:
+    if (args.variants or args.summarize) and not args.experiment and len(presets) < 2:
         raise ValueError("--variants and --summarize go with --experiment")
     only = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     if args.summarize:
@@ -673,15 +674,18 @@ def _cli_study(args: argparse.Namespace) -> int:
 
 def _cli_side_by_side(args: argparse.Namespace, presets: list[str]) -> int:
     from ..outputs import output_dir
-    from .side_by_side import run_side_by_side
+    from .side_by_side import run_side_by_side, write_side_by_side
 
-    if args.run or args.notebooks or args.experiment or args.variants or args.summarize \
-            or args.dry_run:
+    if args.run or args.notebooks or args.experiment or args.variants or args.dry_run:
         raise ValueError("several --preset run each preset's whole study under its own name; "
-                         "drop --run, --notebooks, --experiment, --variants, --summarize and "
-                         "--dry-run (or give one --preset)")
+                         "drop --run, --notebooks, --experiment, --variants and --dry-run "
+                         "(or give one --preset)")
     parse_values(args.param)  # a malformed -p fails here, not in every child
     root = project_root()
+    if args.summarize:  # the page only, from the presets' results already there
+        page = write_side_by_side(root, presets)
+        print(f"Side-by-side report: {page}")
+        return 0
     for folder in ("runs", "data", "results"):
         output_dir(root / folder, f"{folder}/ folder")
     manifests = {preset_manifest(root, args.manifest or default_manifest(p), p, write=False)

@@ -126,8 +126,7 @@ def run_side_by_side(presets: tuple[str, ...] | list[str] = DEFAULT_PRESETS, *,
     for t in readers:
         t.join(timeout=5)
     minutes = (time.perf_counter() - started) / 60
-    page = root / "results" / PAGE
-    write_text_atomic(page, side_by_side_html(root, presets, wall_minutes=minutes))
+    page = write_side_by_side(root, presets, wall_minutes=minutes)
     log(f"Side-by-side report: {page} ({minutes:.1f} min)")
     failed = [p for p, code in codes.items() if code != 0]
     if failed:
@@ -137,6 +136,13 @@ def run_side_by_side(presets: tuple[str, ...] | list[str] = DEFAULT_PRESETS, *,
 
 
 # --------------------------------------------------------------------------- the page
+def write_side_by_side(root: Path, presets: list[str], wall_minutes: float | None = None) -> Path:
+    """results/index.html from the presets' results/<preset>/ (metrics, examples)."""
+    page = root / "results" / PAGE
+    write_text_atomic(page, side_by_side_html(root, presets, wall_minutes=wall_minutes))
+    return page
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text())
