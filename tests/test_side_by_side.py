@@ -124,3 +124,27 @@ def test_summarize_rebuilds_the_page_from_results_already_there(tmp_path, monkey
     assert main(["study", "--preset", "cpu", "--preset", "cpu-spectral", "--summarize"]) == 0
     page = (tmp_path / "results" / "index.html").read_text()
     assert page.count("<audio") == 4 and "Wall time" not in page  # not a measured run
+
+
+# ------------------------------------------------------------------ the spread over seeds
+def test_seed_spread_tables_each_seed_with_its_interval_and_the_spread(tmp_path, monkeypatch):
+    from umt_core.study.seeds import seed_rows
+
+    for name, kept in (("a", 0.1), ("b", 0.3)):
+        _fake_results(tmp_path, name)
+        m = json.loads((tmp_path / "results" / name / "metrics.json").read_text())
+        m["04_listening_tests"] = {**FIGURES["cpu"], "cpu-best_translation_notes_kept_score": kept}
+        (tmp_path / "results" / name / "metrics.json").write_text(json.dumps(m))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("UMT_ROOT", raising=False)
+    assert main(["seeds", "results/a", "results/b", "--out", "results/ab"]) == 0
+    table = json.loads((tmp_path / "results" / "ab" / "seeds.json").read_text())
+    kept = table["rows"][0]
+    assert kept["runs"]["results/a"]["ci_low"] == 0.05
+    assert kept["spread"]["mean"] == pytest.approx(0.2) and kept["spread"]["sd"] == pytest.approx(0.1414, abs=1e-3)
+    md = (tmp_path / "results" / "ab" / "README.md").read_text()
+    assert "0.100 [0.050, 0.200]" in md and "0.2 ± 0.14 (0.1 to 0.3)" in md
+    with pytest.raises(ValueError, match="two runs or more"):
+        seed_rows([tmp_path / "results" / "a"])
+    (tmp_path / "results" / "b" / "metrics.json").write_text("{}")
+    assert main(["seeds", "results/a", "results/b", "--out", "results/ab"]) == 2  # no notebook 04

@@ -151,21 +151,33 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _figure(figures: dict[str, Any], suffix: str, kind: str) -> str:
-    """"value [low, high]" of the model's figure ending in `suffix` (notebook 04 names
-    a model's figures "<model>_<condition>_<criterion>")."""
+def model_figure(figures: dict[str, Any], suffix: str) -> tuple[Any, Any, Any] | None:
+    """(value, interval low, interval high) of the model's figure ending in `suffix`
+    (notebook 04 names a model's figures "<model>_<condition>_<criterion>"); None when
+    there is none."""
     keys = [k for k in figures if k.endswith("_" + suffix) and not k.startswith("ground_truth")]
     if not keys:
-        return "-"
+        return None
     key = keys[0]
-    value = figures[key]
+    return figures[key], figures.get(f"{key}_ci_low"), figures.get(f"{key}_ci_high")
+
+
+def format_figure(found: tuple[Any, Any, Any] | None, kind: str) -> str:
+    """"value [low, high]": rates with 2 decimals, means with 3."""
+    if found is None:
+        return "-"
+    value, low, high = found
     if not isinstance(value, int | float):
         return html.escape(str(value))
-    text = f"{value:.2f}" if kind == "rate" else f"{value:.3f}"
-    low, high = figures.get(f"{key}_ci_low"), figures.get(f"{key}_ci_high")
+    digits = 2 if kind == "rate" else 3
+    text = f"{value:.{digits}f}"
     if isinstance(low, int | float) and isinstance(high, int | float):
-        text += f" [{low:.2f}, {high:.2f}]" if kind == "rate" else f" [{low:.3f}, {high:.3f}]"
+        text += f" [{low:.{digits}f}, {high:.{digits}f}]"
     return text
+
+
+def _figure(figures: dict[str, Any], suffix: str, kind: str) -> str:
+    return format_figure(model_figure(figures, suffix), kind)
 
 
 def _plain(value: Any) -> str:
