@@ -131,3 +131,29 @@ def test_round_trip_command_writes_the_table(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main(["round-trip", "--manifest", str(manifest), "--representation", "cqt",
               "--json", str(out)])
+
+
+# ------------------------------------------------------------------ generalisation split
+def test_the_other_soundfonts_test_works_are_judged_with_val_thresholds(tmp_path):
+    """Split test_alt: the test works rendered by another synthesiser (here: the same
+    notes an octave's worth of harmonics brighter), each with its own paired truth."""
+    import numpy as np
+    import soundfile as sf
+    from test_evaluate import SR, render, write_dataset
+
+    root = write_dataset(tmp_path, ("piano", "cello"))
+    for d in ("piano", "cello"):
+        (root / d / "test_alt").mkdir()
+        for w in SPLITS["test"][0]:
+            a = render(w, d, SPLITS["test"][1])
+            bright = np.clip(a + 0.3 * np.sign(a) * a ** 2, -1, 1).astype(np.float32)
+            sf.write(root / d / "test_alt" / f"work{w:02d}.wav", bright, SR, subtype="PCM_16")
+    data = ev.EvalData.from_folder(root, SR, ["piano", "cello"])
+    assert len(data.split("test_alt")["cello"]) == 4
+    result = ev.evaluate(None, data, split="test_alt", sources=["piano"], targets=["cello"],
+                         segments=1, seconds=SECONDS / 2, translator=_copy_translator)
+    assert result.settings["split"] == "test_alt" and result.thresholds["chosen_on"] == "val"
+    copied = result.clips[result.clips.condition == "translation"]
+    assert len(copied) == 4 and not copied.instrument.any()  # a copy of piano is not cello
+    with pytest.raises(ValueError, match="split must be one of"):
+        ev.evaluate(None, data, split="train", translator=_copy_translator)

@@ -71,7 +71,9 @@ CONDITIONS = ("translation", "reconstruction", *calibration.ROWS)
 CRITERIA = ("instrument", "clean", "notes", "closer_to_target", "success")
 MEANS = ("notes_kept_score", "notes_kept_truth", "score_agreement", "truth_agreement",
          "source_chroma", "target_prob", "noise_flatness", "flatness")
-SPLITS = ("val", "test")
+# "test_alt": the test works rendered with the dataset's other soundfont (a scores
+# dataset's `alt_soundfont`): does a model translate a sound it was not trained on?
+SPLITS = ("val", "test", "test_alt")
 THRESHOLD_SPLIT = "val"  # every choice is made on the validation works
 THRESHOLD_TOLERANCE = 0.1  # share of odd calibration clips a threshold may leave beyond it
 TEMPERATURES = (1.0, 0.8, 0.6, 0.4, 0.0)  # the sweep's candidates (0 = greedy)
@@ -184,7 +186,7 @@ class EvalData:
         if isinstance(manifest, str | Path):
             manifest = load_manifest(manifest)
         files = {}
-        for split in ("train", "val", "test"):
+        for split in ("train", "val", "test", "test_alt"):
             try:
                 files[split] = {d: [Path(p) for p in ps]
                                 for d, ps in split_files(manifest, split).items()}
@@ -210,7 +212,7 @@ class EvalData:
             domains = sorted(p.name for p in root.iterdir() if p.is_dir())
         files = {
             split: {d: sorted((root / d / split).glob("*.wav")) for d in domains}
-            for split in ("train", "val", "test")
+            for split in ("train", "val", "test", "test_alt")
         }
         return cls(sample_rate, list(domains), files)
 
@@ -489,7 +491,7 @@ def evaluate(
     classifier_files: int = 12, progress: bool = False,
 ) -> Evaluation:
     """Translate `segments` clips of `seconds` spread over each paired work of `split`
-    ("val" or "test"; `works` of them at most) from each source domain into each target
+    ("val", "test" or "test_alt"; `works` of them at most) from each source domain into each target
     domain, and judge them beside the calibration rows of the same clips.
 
     `model=None` evaluates only the calibration rows. `translator` replaces the model's
@@ -733,7 +735,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                         "for paper, data/manifests/scores-smoke.yaml for smoke)")
     p.add_argument("--split", choices=SPLITS, default="test",
                    help="works judged: test for the final figures, val for choices "
-                        "(thresholds always come from val)")
+                        "(thresholds always come from val), test_alt for the test works "
+                        "rendered with the other soundfont (generalisation)")
     p.add_argument("--sources", nargs="+", default=None, help="source domains (None: all)")
     p.add_argument("--targets", nargs="+", default=None, help="target domains (None: all)")
     p.add_argument("--works", type=positive_int, default=None,
