@@ -305,3 +305,31 @@ def test_index_folds_intervals_into_their_figures_and_keeps_demo_names():
     assert [r[1] for r in rows] == ["m_translation_success", "m_translation_source_chroma",
                                     "demo_listening_ground_truth_accuracy", "listening_demo"]
     assert rows[0][2].startswith("0.25") and "[0.1" in rows[0][2] and "0.5]" in rows[0][2]
+
+
+def test_every_comparison_trains_each_setting_with_three_seeds_and_valid_overrides():
+    """The findings' experiments: each setting of shared-decoder, decoders, batch and
+    confusion runs with seeds 1-3, and every variant's overrides make a valid config
+    (a misspelt key would fail only after an hour of the others' training)."""
+    import re
+
+    from umt_core.config import preset as config_preset
+    from umt_core.study.pipeline import EXPERIMENTS, SEEDS
+
+    assert SEEDS == (1, 2, 3)
+    for name in ("shared-decoder", "decoders", "batch", "confusion"):
+        exp = EXPERIMENTS[name]
+        settings = {}
+        for variant, params in exp.variants.items():
+            m = re.fullmatch(r"(.+)-seed(\d)", variant)
+            assert m, f"{name}/{variant}: not named <setting>-seed<n>"
+            settings.setdefault(m.group(1), set()).add(params["train.seed"])
+            dotted = {k: v for k, v in {**exp.base, **params}.items() if "." in k}
+            config_preset("cpu", dotted)  # raises on an unknown key or a bad value
+        assert len(settings) >= 2 and all(s == set(SEEDS) for s in settings.values()), name
+    batch = EXPERIMENTS["batch"].variants
+    seen = {v: p["train.batch_per_domain"] * p["train.epochs"] * p["train.steps_per_epoch"]
+            for v, p in batch.items()}
+    assert len(set(seen.values())) == 1  # the same samples seen by every batch size
+    assert batch["b8-guard-off-seed1"]["train.guard"] is False
+    assert "train.guard" not in batch["b8-seed1"]

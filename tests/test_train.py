@@ -385,6 +385,40 @@ def test_validation_back_at_uniform_output_rolls_back(tmp_path, data, monkeypatc
     assert _same(best["model"], last["model"])  # the weights of step 4, kept going from step 6
 
 
+def test_without_the_guard_spikes_are_taken_and_uniform_output_is_only_logged(
+        tmp_path, data, monkeypatch):
+    """train.guard=False, the control of the batch experiment: no skip for a spike, no
+    roll-back at ln 256, a `diverged` event instead; non-finite steps are still refused."""
+    values = iter([3.0, 2.5, 2.4, UNIFORM_LOSS - 0.01])
+
+    def validate(self):
+        v = next(values)
+        return {name: v for name in self.domains}, 0.5
+
+    real_loss = fw.recon_loss_sum
+    current = {"step": 1}  # 1-based number of the step being computed
+
+    def on_event(e):
+        if e["event"] in ("step", "skip"):
+            current["step"] = e["step"] + 1
+
+    def recon_loss_sum(decoder, codes, z, fast=True, inputs=None):
+        loss = real_loss(decoder, codes, z, fast, inputs=inputs)
+        return loss * 100.0 if torch.is_grad_enabled() and current["step"] == 7 else loss
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+    monkeypatch.setattr(fw, "recon_loss_sum", recon_loss_sum)
+    cfg = smoke(**{"train.steps_per_epoch": 2, "train.guard": False})
+    summary = train(cfg, tmp_path, train_data=data, steps=8, progress=False, on_event=on_event)
+    events = read_metrics(tmp_path / "metrics.jsonl")
+    assert not [e for e in events if e["event"] in ("skip", "divergence")]
+    diverged = [e for e in events if e["event"] == "diverged"]
+    assert len(diverged) == 1 and "ln 256" in diverged[0]["reason"] and diverged[0]["step"] == 8
+    assert summary["rollbacks"] == 0 and summary["steps"] == 8
+    spiked = next(e for e in events if e["event"] == "step" and e["step"] == 7)
+    assert sum(spiked["recon"].values()) > 100  # the spike was taken
+
+
 # --------------------------------------------------------------------------- distributed
 def test_two_gloo_processes_equal_one_process(tmp_path, decoder):
     script = _script(tmp_path)

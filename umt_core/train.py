@@ -46,7 +46,8 @@ validation loss back within ``uniform_margin`` of ln 256 (the loss of a uniform
 output, i.e. noise) after the model had learned, roll the model and optimizers back
 to ``best.pt`` (or ``last.pt`` before the first validation), multiply the learning
 rates by ``rollback_lr_factor`` and log a ``divergence`` event. Non-finite weights
-are never saved.
+are never saved. ``guard=False`` (the reference's behaviour, for experiments) takes
+spikes and only logs a ``diverged`` event for a validation loss back at ln 256.
 """
 
 from __future__ import annotations
@@ -648,7 +649,7 @@ class Trainer:
         if not (math.isfinite(step_loss) and math.isfinite(float(stats.adversarial_ce))
                 and math.isfinite(grad_norm)):
             reason = "nonfinite"
-        elif (len(self.window) >= MIN_SPIKE_HISTORY
+        elif (tc.guard and len(self.window) >= MIN_SPIKE_HISTORY
               and step_loss > tc.spike_factor * statistics.median(self.window)):
             reason = "spike"
         if reason is not None:
@@ -781,6 +782,9 @@ class Trainer:
               and self.best_val < UNIFORM_LOSS - LEARNED_MARGIN
               and val_loss > UNIFORM_LOSS - self.tc.uniform_margin):
             diverged = f"validation loss {val_loss:.3f} is back at ln 256 (uniform output)"
+            if not self.tc.guard:  # the control without a guard: logged, not undone
+                self.files.event("diverged", self.step, ended, reason=diverged)
+                diverged = None
         if diverged:
             self.rollback(diverged)
         self.sched_model.step()
