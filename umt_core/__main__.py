@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "umt_core.generate.api",    # translate
     "umt_core.analysis",        # analyze-log
     "umt_core.evaluate",        # evaluate
+    "umt_core.recordings",      # evaluate-recording
     "umt_core.study.pipeline",  # study
     "umt_core.study.goal",      # goal
     "umt_core.study.round_trip",  # round-trip
