@@ -119,3 +119,38 @@ def test_evaluate_recording_command_with_a_pitch_estimate(tmp_path, smoke_config
     assert {c["target"] for c in result["clips"]} == {"piano", "cello"}
     assert main(["evaluate-recording", "--checkpoint", str(ckpt), "--manifest", str(manifest),
                  "--audio", str(wav), "--labels", "a.csv", "b.csv", "--json", str(out)]) == 2
+
+
+def test_generalisation_command_judges_each_seed_on_both_unheard_inputs(tmp_path, smoke_config,
+                                                                       monkeypatch):
+    """Two "seeds" (the same untrained model twice) on the other soundfont's test works and
+    on music21's real recording: the tables, the spread column and the players."""
+    import shutil
+
+    import soundfile as sf
+
+    monkeypatch.delenv("UMT_ROOT", raising=False)
+    manifest, ckpt = write_smoke_study(tmp_path, smoke_config, ["piano", "cello"])
+    for d in ("piano", "cello"):
+        alt = tmp_path / "data" / "synth" / d / "test_alt"
+        alt.mkdir()
+        for w in sorted((tmp_path / "data" / "synth" / d / "test").glob("*.wav")):
+            a, sr = sf.read(w, dtype="float32")
+            sf.write(alt / w.name, np.tanh(3 * a) / 3, sr)  # another "synthesiser"
+    second = tmp_path / "runs" / "seed2" / "checkpoints"
+    second.mkdir(parents=True)
+    shutil.copy(ckpt, second / "best.pt")
+    out = tmp_path / "gen"
+    assert main(["generalisation", "--checkpoints", str(ckpt), str(second / "best.pt"),
+                 "--manifest", str(manifest), "--segments", "2", "--seconds", "0.5",
+                 "--out", str(out)]) == 0
+    result = json.loads((out / "generalisation.json").read_text())
+    assert result["recording"] == "test_audio.wav" and len(result["results"]) == 2
+    one = next(iter(result["results"].values()))
+    assert set(one["other_soundfont"]) >= {"translation", "ground_truth", "source"}
+    assert set(one["recording"]) == set(rc.CONDITIONS)
+    md = (out / "README.md").read_text()
+    assert "TimGM6mb" in md and "test_audio.wav" in md and " ± " in md
+    assert sorted(p.name for p in (out / "examples" / "seed2").glob("*.wav")) == [
+        "test_audio_source.wav", "test_audio_to_cello.wav", "test_audio_to_piano.wav"]
+    assert (out / "index.html").read_text().count("<audio") == 6

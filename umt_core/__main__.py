@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "umt_core.study.goal",      # goal
     "umt_core.study.round_trip",  # round-trip
     "umt_core.study.seeds",       # seeds
+    "umt_core.study.generalisation",  # generalisation
     "umt_core.bench",           # bench train|generate|loader
 ]
 
