@@ -57,9 +57,9 @@ def test_children_run_at_the_same_time_and_a_failure_is_named(tmp_path, monkeypa
         "t0 = time.time(); time.sleep(1.0)\n"
         "(out / 'ran.json').write_text(json.dumps([t0, time.time(), os.environ['OMP_NUM_THREADS']]))\n"
         "print(f'trained {p}', flush=True)\n"
-        "sys.exit(3 if p == 'bad' else 0)\n")
-    monkeypatch.setattr(sbs, "child_command",
-                        lambda preset, manifest, params: [sys.executable, "-c", script, preset])
+        "sys.exit(3 if p.startswith('bad') else 0)\n")
+    monkeypatch.setattr(sbs, "child_command", lambda preset, manifest, params, name:
+                        [sys.executable, "-c", script, sbs.run_name(preset, name)])
     lines, prepared = [], []
     lock = threading.Lock()
 
@@ -67,15 +67,16 @@ def test_children_run_at_the_same_time_and_a_failure_is_named(tmp_path, monkeypa
         with lock:
             lines.append(line)
 
-    with pytest.raises(sbs.SideBySideFailed, match=r"\['bad'\]"):
+    with pytest.raises(sbs.SideBySideFailed, match=r"\['bad'\].*results/bad-s2/"):
         sbs.run_side_by_side(["good", "bad"], root=tmp_path, log=log,
-                             prepare=lambda: prepared.append(time.time()), cores=4)
-    ran = {p: json.loads((tmp_path / "results" / p / "ran.json").read_text()) for p in ("good", "bad")}
-    assert ran["good"][2] == ran["bad"][2] == "2"  # 4 cores, 2 children
+                             prepare=lambda: prepared.append(time.time()), cores=4, name="s2")
+    ran = {p: json.loads((tmp_path / "results" / p / "ran.json").read_text())
+           for p in ("good-s2", "bad-s2")}
+    assert ran["good-s2"][2] == ran["bad-s2"][2] == "2"  # 4 cores, 2 children
     assert max(r[0] for r in ran.values()) < min(r[1] for r in ran.values())  # overlapped
     assert prepared and prepared[0] < min(r[0] for r in ran.values())  # data first, once
-    assert "[good] trained good" in lines and "[bad] trained bad" in lines
-    assert (tmp_path / "results" / "index.html").is_file()  # written despite the failure
+    assert "[good] trained good-s2" in lines and "[bad] trained bad-s2" in lines
+    assert (tmp_path / "results" / "index-s2.html").is_file()  # written despite the failure
 
 
 def test_one_preset_is_not_a_comparison(tmp_path):
@@ -104,8 +105,8 @@ def test_the_page_says_when_there_is_nothing_to_compare(tmp_path):
 
 def test_several_presets_refuse_options_that_name_one_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["study", "--preset", "cpu", "--preset", "cpu-spectral", "--run", "x"]) == 2
-    assert "drop --run" in capsys.readouterr().err
+    assert main(["study", "--preset", "cpu", "--preset", "cpu-spectral", "--notebooks", "04"]) == 2
+    assert "drop --notebooks" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()  # refused before any work
 
 
@@ -148,3 +149,17 @@ def test_seed_spread_tables_each_seed_with_its_interval_and_the_spread(tmp_path,
         seed_rows([tmp_path / "results" / "a"])
     (tmp_path / "results" / "b" / "metrics.json").write_text("{}")
     assert main(["seeds", "results/a", "results/b", "--out", "results/ab"]) == 2  # no notebook 04
+
+
+def test_a_named_side_by_side_runs_and_pages_under_its_name(tmp_path, monkeypatch):
+    assert sbs.child_command("cpu", None, ["train.seed=3"], "seed3")[-4:] == [
+        "--run", "cpu-seed3", "-p", "train.seed=3"]
+    monkeypatch.delenv("UMT_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    for p in sbs.DEFAULT_PRESETS:
+        _fake_results(tmp_path, f"{p}-seed3")
+    assert main(["study", "--preset", "cpu", "--preset", "cpu-spectral", "--run", "seed3",
+                 "--summarize"]) == 0
+    page = (tmp_path / "results" / "index-seed3.html").read_text()
+    assert '<a href="cpu-spectral-seed3/index.html">' in page and page.count("<audio") == 4
+    assert not (tmp_path / "results" / "index.html").exists()

@@ -635,7 +635,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                         "Given twice or more, the presets' studies run at the same time, "
                         "the cores shared out, and results/index.html shows them side by "
                         "side (make study: cpu and cpu-spectral) (None: cpu)")
-    p.add_argument("--run", default=None, help="run name (None: the preset's name)")
+    p.add_argument("--run", default=None, help="run name (None: the preset's name); with "
+                   "several --preset, each run is <preset>-RUN and the page results/index-RUN.html")
     p.add_argument("--manifest", default=None,
                    help=f"dataset manifest (None: {PRESET_MANIFESTS['cpu']} for the cpu "
                    f"preset, {DEFAULT_MANIFEST} for the others; smoke prepares a small copy "
@@ -730,14 +731,14 @@ def _cli_side_by_side(args: argparse.Namespace, presets: list[str]) -> int:
     from ..outputs import output_dir
     from .side_by_side import run_side_by_side, write_side_by_side
 
-    if args.run or args.notebooks or args.experiment or args.variants or args.dry_run:
-        raise ValueError("several --preset run each preset's whole study under its own name; "
-                         "drop --run, --notebooks, --experiment, --variants and --dry-run "
-                         "(or give one --preset)")
+    if args.notebooks or args.experiment or args.variants or args.dry_run:
+        raise ValueError("several --preset run each preset's whole study (--run NAME: as "
+                         "<preset>-NAME); drop --notebooks, --experiment, --variants and "
+                         "--dry-run (or give one --preset)")
     parse_values(args.param)  # a malformed -p fails here, not in every child
     root = project_root()
     if args.summarize:  # the page only, from the presets' results already there
-        page = write_side_by_side(root, presets)
+        page = write_side_by_side(root, presets, name=args.run)
         print(f"Side-by-side report: {page}")
         return 0
     for folder in ("runs", "data", "results"):
@@ -754,5 +755,5 @@ def _cli_side_by_side(args: argparse.Namespace, presets: list[str]) -> int:
                   progress=sys.stderr.isatty())
 
     run_side_by_side(presets, root=root, manifest=args.manifest, params=args.param,
-                     prepare=prepare)  # SideBySideFailed: exit code 1, the failed ones named
+                     prepare=prepare, name=args.run)  # SideBySideFailed: exit code 1, the failed ones named
     return 0

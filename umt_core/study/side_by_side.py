@@ -67,8 +67,22 @@ def threads_per_child(n_children: int, cores: int | None = None) -> int:
     return max(1, (cores or os.cpu_count() or 1) // max(n_children, 1))
 
 
-def child_command(preset: str, manifest: str | None, params: list[str]) -> list[str]:
+def run_name(preset: str, name: str | None = None) -> str:
+    """A preset's run in a side-by-side study: the preset's name, or "<preset>-<name>"
+    for a named one (e.g. another seed: --run seed3 -p train.seed=3)."""
+    return f"{preset}-{name}" if name else preset
+
+
+def page_name(name: str | None = None) -> str:
+    """results/index.html for the default study, results/index-<name>.html for a named one."""
+    return f"index-{name}.html" if name else PAGE
+
+
+def child_command(preset: str, manifest: str | None, params: list[str],
+                  name: str | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "umt_core", "study", "--preset", preset]
+    if name:
+        cmd += ["--run", run_name(preset, name)]
     if manifest:
         cmd += ["--manifest", manifest]
     for p in params:
@@ -85,8 +99,9 @@ def _forward(stream, prefix: str, log: Callable[[str], Any]) -> None:
 def run_side_by_side(presets: tuple[str, ...] | list[str] = DEFAULT_PRESETS, *,
                      root: Path, manifest: str | None = None, params: list[str] | None = None,
                      log: Callable[[str], Any] = print, prepare: Callable[[], Any] | None = None,
-                     cores: int | None = None) -> Path:
-    """Run the presets' studies at the same time and write results/index.html.
+                     cores: int | None = None, name: str | None = None) -> Path:
+    """Run the presets' studies at the same time and write results/index.html (with a
+    `name`: runs "<preset>-<name>" and results/index-<name>.html).
 
     `prepare` (the dataset's prep) runs once first, so that the children only verify it.
     Raises `SideBySideFailed` naming each preset whose study failed (after writing the
@@ -106,7 +121,7 @@ def run_side_by_side(presets: tuple[str, ...] | list[str] = DEFAULT_PRESETS, *,
         # thread of this process.
         for p in presets:
             children[p] = subprocess.Popen(
-                child_command(p, manifest, params or []), cwd=root, env=env, text=True,
+                child_command(p, manifest, params or [], name), cwd=root, env=env, text=True,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1,
                 preexec_fn=functools.partial(die_with_parent, os.getpid()))  # noqa: PLW1509
         for p, child in children.items():
@@ -126,20 +141,23 @@ def run_side_by_side(presets: tuple[str, ...] | list[str] = DEFAULT_PRESETS, *,
     for t in readers:
         t.join(timeout=5)
     minutes = (time.perf_counter() - started) / 60
-    page = write_side_by_side(root, presets, wall_minutes=minutes)
+    page = write_side_by_side(root, presets, wall_minutes=minutes, name=name)
     log(f"Side-by-side report: {page} ({minutes:.1f} min)")
     failed = [p for p, code in codes.items() if code != 0]
     if failed:
         raise SideBySideFailed(f"the studies of {failed} failed (their reports are in "
-                               + ", ".join(f"results/{p}/" for p in failed) + ")")
+                               + ", ".join(f"results/{run_name(p, name)}/" for p in failed) + ")")
     return page
 
 
 # --------------------------------------------------------------------------- the page
-def write_side_by_side(root: Path, presets: list[str], wall_minutes: float | None = None) -> Path:
-    """results/index.html from the presets' results/<preset>/ (metrics, examples)."""
-    page = root / "results" / PAGE
-    write_text_atomic(page, side_by_side_html(root, presets, wall_minutes=wall_minutes))
+def write_side_by_side(root: Path, presets: list[str], wall_minutes: float | None = None,
+                       name: str | None = None) -> Path:
+    """results/index.html (or index-<name>.html) from the presets' runs' results
+    (metrics, examples)."""
+    page = root / "results" / page_name(name)
+    write_text_atomic(page, side_by_side_html(root, presets, wall_minutes=wall_minutes,
+                                              name=name))
     return page
 
 
@@ -228,12 +246,14 @@ def _spectrogram_tag(path: Path) -> str:
     return f'<img alt="log-mel spectrogram" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
-def side_by_side_html(root: Path, presets: list[str], wall_minutes: float | None = None) -> str:
+def side_by_side_html(root: Path, presets: list[str], wall_minutes: float | None = None,
+                      name: str | None = None) -> str:
     e = html.escape
     results = root / "results"
-    metrics = {p: _read_json(results / p / "metrics.json") for p in presets}
-    prov = {p: _read_json(results / p / "provenance.json") for p in presets}
-    heads = ["", *[f'<a href="{e(p)}/index.html">{e(p)}</a>' for p in presets]]
+    runs = {p: run_name(p, name) for p in presets}
+    metrics = {p: _read_json(results / runs[p] / "metrics.json") for p in presets}
+    prov = {p: _read_json(results / runs[p] / "provenance.json") for p in presets}
+    heads = ["", *[f'<a href="{e(runs[p])}/index.html">{e(runs[p])}</a>' for p in presets]]
     rows = [[e(label), *[_figure(metrics[p].get("04_listening_tests", {}), suffix, kind)
                          for p in presets]] for label, suffix, kind in ROWS]
     rows += [[e(label), *[_plain(metrics[p].get("04_listening_tests", {}).get(key))
@@ -246,13 +266,13 @@ def side_by_side_html(root: Path, presets: list[str], wall_minutes: float | None
              ["status", *[e(str(prov[p].get("status", "missing"))) for p in presets]]]
     numeric = set(range(1, len(heads)))
 
-    ex = {p: examples(results / p) for p in presets}
+    ex = {p: examples(results / runs[p]) for p in presets}
     shared = [k for k in ex[presets[0]] if all(k in ex[p] for p in presets)]
     clip_html = []
     for key in shared:
         first = ex[presets[0]][key]
         panels = [("source", first.get("source")), ("ground truth", first.get("ground_truth"))]
-        panels += [(f"{p}: translation", ex[p][key].get("translation")) for p in presets]
+        panels += [(f"{runs[p]}: translation", ex[p][key].get("translation")) for p in presets]
         cells = "".join(
             f"<td><b>{e(label)}</b><br>{_audio_tag(wav)}<br>{_spectrogram_tag(wav)}</td>"
             for label, wav in panels if wav is not None)
@@ -260,7 +280,10 @@ def side_by_side_html(root: Path, presets: list[str], wall_minutes: float | None
     clips = "".join(clip_html) or (
         '<p class="muted">No example clip is shared by every run (each run writes its '
         "examples in notebook 04).</p>")
-    described = "".join(f"<li><b>{e(p)}</b>: {e(DESCRIPTIONS.get(p, p), quote=False)}</li>" for p in presets)
+    described = "".join(f"<li><b>{e(runs[p])}</b>: {e(DESCRIPTIONS.get(p, p), quote=False)}</li>"
+                        for p in presets)
+    commands = {str(prov[p].get("command")) for p in presets if prov[p].get("command")}
+    command = "".join(f"<p>Command: <code>{e(c)}</code></p>" for c in sorted(commands))
     wall = "" if wall_minutes is None else f"<p>Wall time of the side-by-side run: {wall_minutes:.1f} min.</p>"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -272,6 +295,7 @@ each), evaluated on the same paired test clips with the same calibrated criteria
 works on means):</p>
 <ul>{described}</ul>
 {wall}
+{command}
 <h2>Metrics</h2>
 {_table(heads, rows, numeric=numeric)}
 <p class="muted">Each column's full report, with every figure, the calibration table and
