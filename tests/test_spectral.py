@@ -237,3 +237,57 @@ def test_notebook_04_evaluates_a_spectral_model(tmp_path, monkeypatch):
     assert translations
     audio, _ = sf.read(translations[0])
     assert np.isfinite(audio).all() and np.abs(audio).max() > 0  # Griffin-Lim, not silence
+
+
+# ------------------------------------------------------------ the latent's normalisation
+def test_frame_normalisation_keeps_a_held_chord_that_time_normalisation_erases():
+    """Two clips each holding one chord (a latent constant in time, different patterns):
+    normalised over time both become nothing; normalised per frame they stay apart."""
+    from umt_core.model import normalize_frames
+
+    a = torch.tensor([1.0, 0.0, 2.0, 0.5])[None, :, None].expand(1, 4, 10)
+    b = torch.tensor([0.0, 2.0, 0.5, 1.0])[None, :, None].expand(1, 4, 10)
+    held = torch.cat([a, b])
+    over_time = spectral.normalize_over_time(held)
+    assert over_time.abs().max() < 1e-3  # both chords erased
+    frames = normalize_frames(held)
+    assert (frames[0] - frames[1]).abs().max() > 1.0
+    assert torch.allclose(normalize_frames(held * 1e6), frames, atol=1e-4)  # scale-free
+
+
+def test_a_frame_normalised_encoder_is_blind_to_its_scale_for_decoders_and_classifier():
+    """latent_norm=frame: what every consumer of the latent sees does not change when
+    the encoder's output is scaled, so no loss can drive the scale (the first version's
+    runaway). Windowed encoding and the fast training path agree with the module."""
+    from umt_core import forward as fw
+    from umt_core.generate import encode
+
+    cfg = _cfg(**{"model.latent_norm": "frame"})
+    model = UMTN(cfg).eval()
+    codes = torch.randint(0, 256, (2, 512))
+    z = model.encoder(codes)
+    assert torch.allclose(z.mean(dim=1), torch.zeros(2, z.shape[-1]), atol=1e-5)
+    with torch.no_grad():
+        model.encoder.conv_1x1.weight.mul_(1000.0)
+        model.encoder.conv_1x1.bias.mul_(1000.0)
+    assert torch.allclose(model.encoder(codes), z, atol=1e-3)
+    assert torch.allclose(fw.fast_encode(model.encoder, codes), model.encoder(codes), atol=1e-4)
+    assert torch.allclose(encode(model, codes, chunk_frames=4), model.encoder(codes), atol=1e-4)
+
+
+def test_the_first_versions_checkpoints_still_normalise_over_time(tmp_path):
+    """A stored spectral config without latent_norm (the first version) computes as it
+    was trained: raw latent, normalised over time inside the decoder."""
+    from umt_core.checkpoint import save_checkpoint
+    from umt_core.config import Config
+
+    cfg = _cfg()
+    stored = cfg.to_dict()
+    del stored["model"]["latent_norm"]
+    assert Config.from_dict(stored).model.latent_norm == "none"
+    model = UMTN(Config.from_dict(stored))
+    save_checkpoint({"config": stored, "model": model.state_dict()}, tmp_path / "old.pt")
+    loaded = load_model(tmp_path / "old.pt")
+    assert loaded.encoder.latent_norm == "none" and loaded.decoders[0].over_time
+    assert preset("cpu-spectral").model.latent_norm == "frame"
+    assert preset("cpu").model.latent_norm == "none"  # the paper's encoder output

@@ -63,7 +63,8 @@ def smoke(**overrides):
 # The loop's tests run for both decoder kinds; the spectral one at smoke size (a 64-sample
 # FFT: 33 bins, 17 frames of a 256-sample segment).
 SPECTRAL = {"model.decoder": "spectral", "model.spectral_n_fft": 64, "model.spectral_hop": 16,
-            "model.spectral_channels": 8, "model.spectral_layers": 2}
+            "model.spectral_channels": 8, "model.spectral_layers": 2,
+            "model.latent_norm": "frame"}
 DECODER_OVERRIDES = {"wavenet": {}, "spectral": SPECTRAL}
 
 

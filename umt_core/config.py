@@ -51,6 +51,12 @@ class ModelConfig:
     spectral_kernel: int = 3
     spectral_sc_weight: float = 1.0  # weight of spectral convergence beside log-magnitude L1
     spectral_griffin_lim_iters: int = 64
+    # "frame": each latent frame normalised over its channels (zero mean, unit variance),
+    # as decoders and classifier see it (`model.normalize_frames`); "none": the encoder's
+    # output as it is (the paper's), where a spectral decoder normalises each channel
+    # over time itself (the ablation's first version, which let the latent's scale run
+    # away: see umt_core/spectral.py).
+    latent_norm: str = "none"
 
     @property
     def receptive_field(self) -> int:
@@ -218,6 +224,7 @@ def _cpu_spectral() -> Config:
     cfg = _cpu()
     cfg.preset = "cpu-spectral"
     cfg.model.decoder = "spectral"
+    cfg.model.latent_norm = "frame"
     cfg.model.encoder_channels = 16
     cfg.train.input_corruption = 0.0  # no teacher-forced input to corrupt
     cfg.train.segment_samples = 4096

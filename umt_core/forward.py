@@ -156,7 +156,7 @@ def fast_encode(encoder: Encoder, codes: torch.Tensor) -> torch.Tensor:
     b, length, ch = h.shape
     frames = length // pool
     z = h[:, :frames * pool].reshape(b, frames, pool, ch).mean(dim=2)
-    return z.transpose(1, 2)
+    return encoder.finish(z.transpose(1, 2))
 
 
 def fast_decode_time_major(decoder: WaveNetDecoder, codes: torch.Tensor,

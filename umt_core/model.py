@@ -75,9 +75,27 @@ class EncoderLayer(nn.Module):
         return x + self.conv_1x1(F.relu(self.dilated_conv(x)))
 
 
+LATENT_NORMS = ("none", "frame")
+
+
+def normalize_frames(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Each latent frame (B, C, L) to zero mean and unit variance over its C channels.
+
+    What the latent says is the pattern across its channels, not their scale: a decoder
+    that reads only the latent (the spectral one) is then free of the scale, and so is
+    the classifier. Frame by frame, so windowed encoding and batch splits cannot change
+    it."""
+    mean = z.mean(dim=1, keepdim=True)
+    var = z.var(dim=1, keepdim=True, unbiased=False)
+    return (z - mean) * torch.rsqrt(var + eps)
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        if cfg.latent_norm not in LATENT_NORMS:
+            raise ValueError(f"model.latent_norm={cfg.latent_norm!r}: choose one of {list(LATENT_NORMS)}")
+        self.latent_norm = cfg.latent_norm
         ch = cfg.encoder_channels
         self.start = nn.Conv1d(1, ch, kernel_size=3, padding=1)
         self.dilated_convs = nn.Sequential(*[
@@ -90,7 +108,11 @@ class Encoder(nn.Module):
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         x = self.start(scale_codes(codes))
         x = self.dilated_convs(x)
-        return self.pool(self.conv_1x1(x))
+        return self.finish(self.pool(self.conv_1x1(x)))
+
+    def finish(self, z: torch.Tensor) -> torch.Tensor:
+        """The pooled latent (B, C, L) as decoders and classifier see it."""
+        return normalize_frames(z) if self.latent_norm == "frame" else z
 
 
 class DomainClassifier(nn.Module):

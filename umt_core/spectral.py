@@ -80,14 +80,18 @@ class SpectralLayer(nn.Module):
 
 
 def normalize_over_time(z: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Each channel of each clip to zero mean and unit variance over time.
+    """Each channel of each clip to zero mean and unit variance over time: the first
+    version's latent normalisation (``model.latent_norm: none``), kept so that its
+    checkpoints compute as they were trained.
 
-    The encoder's pooled output starts as large per-channel offsets with variations
-    ~50x smaller (average pooling of nearly linear features of zero-mean audio); a
-    decoder that reads only the latent then learns the mean spectrum and ignores it
-    (measured: a latent-use gap of 0.000 after 300 steps). The WaveNet decoder does
-    not have this problem to the same degree, as it also reads the past audio. Per
-    clip, so the result does not depend on how a batch is split across processes."""
+    It was meant to lift the encoder's small variations above its per-channel offsets
+    (without it the latent-use gap was 0.000 after 300 steps), but it has two faults,
+    measured on the 30-minute goal run (results/spectral/): it removes what a channel
+    holds for the whole clip (a held chord), and it makes the decoders blind to the
+    latent's scale while the domain classifier still reads the raw latent, so the
+    confusion term alone sets the scale and drove it from ~1e-2 (step 100) past 1e10
+    (step 1,000): the encoder's updates became vanishingly small against its weights and
+    it stopped learning. `model.normalize_frames` (``latent_norm: frame``) replaces it."""
     mean = z.mean(dim=-1, keepdim=True)
     var = z.var(dim=-1, keepdim=True, unbiased=False)
     return (z - mean) * torch.rsqrt(var + eps)
@@ -102,6 +106,9 @@ class SpectralDecoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        # Without a normalised latent (model.latent_norm "none", the first version) each
+        # channel is normalised over the clip's time here.
+        self.over_time = cfg.latent_norm == "none"
         if cfg.spectral_n_fft < 16 or cfg.spectral_hop < 1 or cfg.spectral_hop > cfg.spectral_n_fft:
             raise ValueError(f"spectral decoder: n_fft {cfg.spectral_n_fft} and hop "
                              f"{cfg.spectral_hop} must satisfy 1 <= hop <= n_fft, n_fft >= 16")
@@ -118,7 +125,8 @@ class SpectralDecoder(nn.Module):
     def forward(self, z: torch.Tensor, frames: int) -> torch.Tensor:
         if z.shape[-1] == 0:
             raise ValueError("latent has no frames: the input is shorter than one pool window")
-        z = normalize_over_time(z)
+        if self.over_time:
+            z = normalize_over_time(z)
         up = F.interpolate(z, size=frames, mode="linear", align_corners=True) \
             if z.shape[-1] > 1 else z.expand(-1, -1, frames)
         return self.out(self.layers(F.gelu(self.start(up))))
