@@ -327,6 +327,9 @@ def test_every_comparison_trains_each_setting_with_three_seeds_and_valid_overrid
             dotted = {k: v for k, v in {**exp.base, **params}.items() if "." in k}
             config_preset("cpu", dotted)  # raises on an unknown key or a bad value
         assert len(settings) >= 2 and all(s == set(SEEDS) for s in settings.values()), name
+    for name in ("shared-decoder", "decoders"):  # the spectral decoder as cpu-spectral has it
+        spectral = [p for v, p in EXPERIMENTS[name].variants.items() if v.startswith("spectral")]
+        assert spectral and all(p["model.latent_norm"] == "frame" for p in spectral)
     batch = EXPERIMENTS["batch"].variants
     seen = {v: p["train.batch_per_domain"] * p["train.epochs"] * p["train.steps_per_epoch"]
             for v, p in batch.items()}

@@ -411,7 +411,8 @@ def _decoders_experiment() -> Experiment:
     # The decoder ablation (umt_core.spectral): both decoder kinds on the cpu preset's
     # data, domains, encoder and classifier, the same 30-minute budget, three seeds each.
     kinds = {"wavenet": {"model.decoder": "wavenet"},
-             "spectral": {"model.decoder": "spectral", "train.input_corruption": 0.0}}
+             "spectral": {"model.decoder": "spectral", "model.latent_norm": "frame",
+                          "train.input_corruption": 0.0}}
     return Experiment(
         "The decoder ablation: the paper's WaveNet decoders against one non-autoregressive "
         "spectral decoder per domain (log-magnitude STFT frames, Griffin-Lim), with the same "
@@ -432,7 +433,8 @@ def _seeded(settings: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def _shared_decoder_experiment() -> Experiment:
     # The report's code trained one decoder for every domain. Both decoder kinds, since
     # the spectral one is what trains far enough on a CPU to tell them apart.
-    spectral = {"model.decoder": "spectral", "train.input_corruption": 0.0}
+    spectral = {"model.decoder": "spectral", "model.latent_norm": "frame",
+                "train.input_corruption": 0.0}
     return Experiment(
         "One decoder per domain (this project) against the reference implementation's bug: "
         "a single decoder shared by every domain, for the WaveNet and the spectral decoders, "
