@@ -72,10 +72,11 @@ def test_decoder_maps_latent_to_frames_of_every_bin_and_depends_on_the_latent():
     assert isinstance(m.decoders[0], spectral.SpectralDecoder) and len(m.decoders) == 3
 
 
-def test_decoder_reads_latent_variations_not_offsets():
-    """A latent of big constant offsets and small variations (the encoder's output at
-    the start) gives the same frames as its variations alone: nothing to ignore."""
-    m = UMTN(_cfg())
+def test_first_version_decoder_reads_latent_variations_not_offsets():
+    """latent_norm=none (the first version): a latent of big constant offsets and small
+    variations gives the same frames as its variations alone (and so a held chord's
+    latent gives nothing: see the normalisation tests below)."""
+    m = UMTN(_cfg(**{"model.latent_norm": "none"}))
     g = torch.Generator().manual_seed(0)
     wiggle = 0.02 * torch.randn(2, 4, 16, generator=g)
     offsets = torch.randn(1, 4, 1, generator=g)
@@ -291,3 +292,20 @@ def test_the_first_versions_checkpoints_still_normalise_over_time(tmp_path):
     assert loaded.encoder.latent_norm == "none" and loaded.decoders[0].over_time
     assert preset("cpu-spectral").model.latent_norm == "frame"
     assert preset("cpu").model.latent_norm == "none"  # the paper's encoder output
+
+
+def test_the_latents_scale_is_logged_every_step(tmp_path):
+    """`latent_rms` in each step event: 1 for a frame-normalised latent, the encoder's
+    own scale otherwise."""
+    data = synthetic_domains(["piano", "cello"], seconds=2.0)
+    for norm in ("frame", "none"):
+        cfg = preset("smoke", {**SPECTRAL, "model.latent_norm": norm, "train.steps_per_epoch": 3})
+        cfg.domains = ["piano", "cello"]
+        train(cfg, tmp_path / norm, train_data=data, steps=3, progress=False)
+        rms = [e["latent_rms"] for e in read_metrics(tmp_path / norm / "metrics.jsonl")
+               if e["event"] == "step"]
+        assert len(rms) == 3 and all(np.isfinite(rms))
+        if norm == "frame":
+            assert rms == pytest.approx([1.0] * 3, abs=1e-3)
+        else:
+            assert all(abs(r - 1.0) > 0.05 for r in rms)

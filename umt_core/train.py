@@ -373,21 +373,28 @@ class StepStats:
     that processes add them up in one all-reduce per update."""
 
     def __init__(self, n_domains: int, device: torch.device) -> None:
-        self.values = torch.zeros(4 + n_domains + 1, dtype=torch.float64, device=device)
+        self.values = torch.zeros(6 + n_domains + 1, dtype=torch.float64, device=device)
         v = self.values
         self.classifier_ce = v[0]  # cross-entropy sum of the classifier update
         self.classifier_correct = v[1]
         self.classifier_count = v[2]
         self.bad_input = v[3]  # > 0: some input held an invalid code
-        self.model_part = v[4:]  # what the model update adds (summed on its own)
-        self.recon = v[4:4 + n_domains]  # reconstruction cross-entropy sum per domain
-        self.adversarial_ce = v[4 + n_domains]  # the classifier's loss on the model update
+        # The latent's sum of squares and size (its RMS is logged: a latent whose scale
+        # runs away is a model that has stopped learning, see umt_core/spectral.py)
+        self.latent_sq = v[4]
+        self.latent_n = v[5]
+        self.model_part = v[6:]  # what the model update adds (summed on its own)
+        self.recon = v[6:6 + n_domains]  # reconstruction cross-entropy sum per domain
+        self.adversarial_ce = v[6 + n_domains]  # the classifier's loss on the model update
 
     def classifier_loss(self) -> float:
         return float(self.classifier_ce / max(float(self.classifier_count), 1.0))
 
     def classifier_acc(self) -> float:
         return float(self.classifier_correct / max(float(self.classifier_count), 1.0))
+
+    def latent_rms(self) -> float:
+        return math.sqrt(float(self.latent_sq) / max(float(self.latent_n), 1.0))
 
     def recon_per_domain(self, domains: list[int], names: list[str], tc) -> dict[str, float]:
         """Mean reconstruction loss per sample of each trained domain, by name."""
@@ -595,6 +602,8 @@ class Trainer:
                 stats.classifier_ce += ce.detach()
                 stats.classifier_correct += (logits.argmax(1) == target).sum()
                 stats.classifier_count += clean.shape[0]
+                stats.latent_sq += z.detach().double().pow(2).sum()
+                stats.latent_n += z.numel()
         self._reduce(params, stats.values)
         if (stats.bad_input > 0 or not math.isfinite(stats.classifier_loss())
                 or not self._grads_finite(params)):
@@ -682,6 +691,7 @@ class Trainer:
         self.files.event("step", self.step, (self.step - 1) // tc.steps_per_epoch, recon=recon,
                          classifier_loss=stats.classifier_loss(),
                          classifier_acc=stats.classifier_acc(), grad_norm=grad_norm,
+                         latent_rms=stats.latent_rms(),
                          lr=self.lr(), samples_per_s=self.last_speed,
                          confusion_weight=confusion)
 
