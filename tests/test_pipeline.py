@@ -336,3 +336,19 @@ def test_every_comparison_trains_each_setting_with_three_seeds_and_valid_overrid
     assert len(set(seen.values())) == 1  # the same samples seen by every batch size
     assert batch["b8-guard-off-seed1"]["train.guard"] is False
     assert "train.guard" not in batch["b8-seed1"]
+
+
+def test_a_busy_machine_does_not_fail_a_notebook_on_late_output(tmp_path, monkeypatch):
+    """papermill fails a cell whose output messages arrive more than nbclient's 4 s after
+    it finished, which happens when every core is busy; the study waits longer."""
+    import papermill as pm
+
+    seen = {}
+
+    def execute_notebook(src, out, **kw):
+        seen.update(kw)
+
+    monkeypatch.setattr(pm, "execute_notebook", execute_notebook)
+    nb = pipeline.NotebookRun("04_listening_tests", {})
+    assert pipeline._execute(nb, tmp_path, tmp_path, tmp_path, progress=False) is None
+    assert seen["iopub_timeout"] == pipeline.IOPUB_TIMEOUT_S >= 60

@@ -309,3 +309,14 @@ def test_the_latents_scale_is_logged_every_step(tmp_path):
             assert rms == pytest.approx([1.0] * 3, abs=1e-3)
         else:
             assert all(abs(r - 1.0) > 0.05 for r in rms)
+
+
+def test_a_decoder_predicting_below_the_floor_is_pulled_back_up():
+    """A prediction far below the magnitude floor everywhere (a decoder knocked there by
+    one large update) still gets a gradient that raises it; with the floor clamped into
+    the prediction it got none, and the decoder stayed dead."""
+    cfg = ModelConfig(spectral_n_fft=256, spectral_hop=64)
+    mag = spectral.magnitude(torch.from_numpy(_tone([220.0]))[None], cfg)
+    pred = torch.full(mag.shape, -30.0, requires_grad=True)
+    spectral.spectral_loss(pred, mag).sum().backward()
+    assert pred.grad is not None and float((-pred.grad).min()) > 1e-6  # descent raises it

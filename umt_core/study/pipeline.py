@@ -106,6 +106,12 @@ NOTEBOOK_PARAMETERS: dict[str, dict[str, dict[str, Any]]] = {
 NOTEBOOK_PARAMETERS["cpu-spectral"] = NOTEBOOK_PARAMETERS["cpu"]
 
 
+# Seconds to wait for a cell's last output messages after it finished. papermill fails
+# the cell when they are late, and nbclient's default (4 s) is too short on a machine
+# whose cores are all busy: a study's notebook 04 failed that way beside two trainings.
+IOPUB_TIMEOUT_S = 300
+
+
 class StudyFailed(RuntimeError):
     """A notebook failed. `details` shows the failing cell and its error; what was
     produced before (and the failed notebook's partial output) is kept."""
@@ -349,6 +355,7 @@ def _execute(nb: NotebookRun, nb_dir: Path, out_dir: Path, root: Path, progress:
         papermill.execute_notebook(
             str(nb_dir / f"{nb.stem}.ipynb"), str(out), parameters=nb.parameters,
             kernel_name=KERNEL, cwd=str(root), progress_bar=progress,
+            iopub_timeout=IOPUB_TIMEOUT_S,
         )
     except PapermillExecutionError as e:
         nb.status, nb.seconds = "failed", time.perf_counter() - t0
