@@ -68,12 +68,16 @@ def seeds_markdown(rows: list[dict[str, Any]], title: str) -> str:
     head = "| figure | " + " | ".join(runs) + " | mean ± sd (range) |"
     lines = [f"# {title}", "", head, "|" + "---|" * (len(runs) + 2)]
     for r in rows:
-        kind = r["kind"] if r["kind"] in ("rate", "mean") else "mean"
         cells = []
         for n in runs:
             v = r["runs"][n]
-            cells.append("-" if v is None else format_figure(
-                (v["value"], v["ci_low"], v["ci_high"]), kind))
+            if v is None:
+                cells.append("-")
+            elif r["kind"] in ("rate", "mean"):
+                cells.append(format_figure((v["value"], v["ci_low"], v["ci_high"]), r["kind"]))
+            else:  # a plain figure (steps, minutes, a loss): no interval
+                cells.append(f"{v['value']:.4g}" if isinstance(v["value"], int | float)
+                             else str(v["value"]))
         s = r["spread"]
         spread = "-" if s is None else (f"{s['mean']:.3g} ± {s['sd']:.2g} "
                                         f"({s['min']:.3g} to {s['max']:.3g})")
