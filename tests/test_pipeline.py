@@ -330,6 +330,15 @@ def test_every_comparison_trains_each_setting_with_three_seeds_and_valid_overrid
     for name in ("shared-decoder", "decoders"):  # the spectral decoder as cpu-spectral has it
         spectral = [p for v, p in EXPERIMENTS[name].variants.items() if v.startswith("spectral")]
         assert spectral and all(p["model.latent_norm"] == "frame" for p in spectral)
+    # A borrowed setting is the other experiment's configuration: the shared arm differs
+    # from it only by the shared decoder, under the same budget.
+    shared = EXPERIMENTS["shared-decoder"]
+    for setting, (other, other_setting) in shared.borrow.items():
+        kind = setting.split("-")[0]
+        own = dict(shared.variants[f"{kind}-shared-seed1"])
+        assert own.pop("model.shared_decoder") is True
+        assert own == EXPERIMENTS[other].variants[f"{other_setting}-seed1"]
+        assert shared.base == EXPERIMENTS[other].base
     batch = EXPERIMENTS["batch"].variants
     seen = {v: p["train.batch_per_domain"] * p["train.epochs"] * p["train.steps_per_epoch"]
             for v, p in batch.items()}

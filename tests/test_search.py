@@ -115,6 +115,42 @@ def test_summary_tables_every_run_found_and_marks_the_goal(tmp_path):
     assert 'href="b4000/"' in page and 'src="frontier.png"' in page
 
 
+def _fake_calibrated_point(root: Path, name: str, *, notes, target, closer, clean, success):
+    out = root / "results" / cpu_experiment.NAME / name
+    out.mkdir(parents=True)
+    p = f"{name}-last"
+    ev = {f"{p}_translation_notes_kept_score": notes,
+          f"{p}_translation_notes_kept_score_ci_low": notes - 0.1,
+          f"{p}_translation_notes_kept_score_ci_high": notes + 0.1,
+          f"{p}_translation_instrument": target, f"{p}_translation_closer_to_target": closer,
+          f"{p}_translation_clean": clean, f"{p}_translation_success": success,
+          "latent_probe_accuracy": 0.8, "latent_probe_chance": 0.5, "latent_use_gap": 0.5}
+    (out / "04_listening_tests.json").write_text(json.dumps(ev))
+    (out / "02_train.json").write_text(json.dumps({"steps": 900, "train_minutes": 20.0}))
+
+
+def test_summary_tables_calibrated_runs_apart_against_the_study_goal(tmp_path):
+    """A point re-run under the calibrated evaluation has no chroma: it gets its own
+    table, judged by the study's goal, and the first evaluation's rows keep their caveat."""
+    _fake_point(tmp_path, "b4000", chroma=0.7, target=0.8, success=0.6)
+    _fake_calibrated_point(tmp_path, "b1000", notes=-0.04, target=0.8, closer=0.4, clean=0.0,
+                           success=0.0)
+    _fake_calibrated_point(tmp_path, "b2000", notes=0.7, target=0.9, closer=0.8, clean=0.95,
+                           success=0.6)
+    rows = cpu_experiment.write_summary(tmp_path)
+    by = {r["run"]: r for r in rows}
+    assert by["b1000"]["evaluation"] == "calibrated" and by["b4000"]["evaluation"] == "first"
+    assert (by["b1000"]["meets_goal"], by["b2000"]["meets_goal"], by["b4000"]["meets_goal"]) \
+        == (False, True, True)
+    md = (tmp_path / "results" / cpu_experiment.NAME / "summary.md").read_text()
+    calibrated, first = md.split("## First evaluation")
+    assert "## Calibrated evaluation" in calibrated and "Runs meeting the goal: b2000." in calibrated
+    assert "| b1000 |" in calibrated and "-0.04 [-0.14, 0.06]" in calibrated
+    assert "| b1000 |" not in first and "Read with care" in first and "| b4000 |" in first
+    page = (tmp_path / "results" / cpu_experiment.NAME / "index.html").read_text()
+    assert "Calibrated evaluation" in page and 'href="b1000/"' in page
+
+
 def test_summary_without_results_says_so(tmp_path):
     assert cpu_experiment.write_summary(tmp_path) == []
     assert "No run has results yet." in (tmp_path / "results" / cpu_experiment.NAME / "summary.md").read_text()

@@ -326,6 +326,23 @@ class Evaluation:
     def by_pair(self) -> pd.DataFrame:
         return self.summary(("system", "condition", "source", "target"))
 
+    def condition_figures(self, condition: str = "translation") -> dict[str, Any]:
+        """One condition's headline figures: each criterion's rate (rate, k, n, Wilson
+        interval) and `notes_kept` (mean and bootstrap interval over works, against the
+        score where the dataset knows it, else against the ground truth)."""
+        rates = self.rates(("condition",))
+        out: dict[str, Any] = {
+            r["criterion"]: {k: r[k] for k in ("rate", "k", "n", "ci_low", "ci_high")}
+            for r in rates[rates.condition == condition].to_dict("records")}
+        means = self.means(("condition",)).set_index(["condition", "signal"])
+        for signal, against in (("notes_kept_score", "score"), ("notes_kept_truth", "ground truth")):
+            if (condition, signal) in means.index:
+                m = means.loc[(condition, signal)]
+                out["notes_kept"] = {"mean": float(m["mean"]), "ci_low": float(m["ci_low"]),
+                                     "ci_high": float(m["ci_high"]), "against": against}
+                break
+        return out
+
     def calibration_table(self) -> pd.DataFrame:
         """Criterion (rows) x condition (columns): the pass rates, calibration rows beside
         the model's translations."""

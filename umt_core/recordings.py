@@ -139,12 +139,29 @@ def _signals(candidate, clip: PairedClip, target: str, sr: int, classifier) -> d
 
 
 def verdicts(df: pd.DataFrame, th: Thresholds) -> pd.DataFrame:
-    out = pd.DataFrame(index=df.index)
-    out["instrument"] = df["target_prob"] >= th.target_prob
-    out["clean"] = df["noise_flatness"] < th.clean_flatness
-    out["notes"] = df["notes_kept_score"] >= th.notes_kept
-    out["success"] = out[["instrument", "clean", "notes"]].all(axis=1)
+    """`calibration.verdicts` without closer-to-target (there is no target rendering to
+    be closer to): success = instrument, clean and notes."""
+    out = calibration.verdicts(df.assign(dist_target=np.nan), th)[["instrument", "clean", "notes"]]
+    out["success"] = out.all(axis=1)
     return out
+
+
+def judging_context(data, domains: list[str], *, segments: int, seconds: float,
+                    seed: int = 0) -> tuple[Any, dict[str, Any], dict[str, list[np.ndarray]]]:
+    """What judging translations into `domains` needs, built once for every model of
+    those domains: the instrument classifier over them, the thresholds chosen on the
+    dataset's paired validation works (`evaluate.thresholds_on_val`) and clips of each
+    target instrument from the test works (the other-notes row)."""
+    from .evaluate import dataset_classifier, thresholds_on_val
+
+    classifier = dataset_classifier(data, domains, seconds=seconds, seed=seed)
+    pairs = [(s, t) for s in domains for t in domains if s != t]
+    thresholds = thresholds_on_val(data, classifier, pairs, seed=seed, segments=segments,
+                                   seconds=seconds)
+    length = round(seconds * data.sample_rate)
+    test = data.split("test")
+    target_clips = {t: [cut(data.load(p), 0, length) for p in spread(test[t], 4)] for t in domains}
+    return classifier, thresholds, target_clips
 
 
 def evaluate_recordings(recordings: list[Recording], translate, *, targets: list[str],
@@ -211,7 +228,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 
 def _cli(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
-    from .evaluate import EvalData, dataset_classifier, run_temperature, thresholds_on_val
+    from .evaluate import EvalData, run_temperature
     from .generate import translate
     from .outputs import output_file
     from .paths import resolve
@@ -235,12 +252,8 @@ def _cli(args: argparse.Namespace) -> int:
         events = (musicnet_events(resolve(args.labels[i])) if args.labels
                   else pitch_events(audio, sr))
         recordings.append(Recording(Path(path).stem, audio, events))
-    classifier = dataset_classifier(data, model.domains, seconds=args.seconds)
-    pairs = [(s, t) for s in targets for t in targets if s != t]
-    th = thresholds_on_val(data, classifier, pairs, segments=args.segments, seconds=args.seconds)
-    test = data.split("test")
-    target_clips = {t: [cut(data.load(p), 0, round(args.seconds * sr))
-                        for p in spread(test[t], 4)] for t in targets}
+    classifier, th, target_clips = judging_context(data, targets, segments=args.segments,
+                                                   seconds=args.seconds)
     temperature, origin = run_temperature(checkpoint)
 
     def run(audio, target):

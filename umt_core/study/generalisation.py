@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import html
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from ..audio import load_audio, save_audio
 from ..calibration import Thresholds
 from ..paths import resolve, write_text_atomic
 from .report import _CSS
+from .seeds import spread_of, spread_text
 
 CRITERIA = ("instrument", "clean", "notes", "success")
 
@@ -50,44 +50,28 @@ def real_recording() -> Path:
     return path
 
 
-def _row(rates: dict[str, Any], kept: dict[str, Any]) -> dict[str, Any]:
-    return {"notes_kept": {k: kept[k] for k in ("mean", "ci_low", "ci_high")},
-            **{c: {k: rates[c][k] for k in ("rate", "k", "n", "ci_low", "ci_high")}
-               for c in CRITERIA if c in rates}}
-
-
-def other_soundfont(model, data, temperature: float, *, segments: int, seconds: float) -> dict:
-    """The translation rows and the ground truth's rows of an evaluation of test_alt."""
+def other_soundfont(model, data, temperature: float, classifier, thresholds: dict, *,
+                    segments: int, seconds: float) -> dict:
+    """`Evaluation.condition_figures` of the translations, the ground truth and the
+    source in an evaluation of test_alt (with the given classifier and val thresholds)."""
     from ..evaluate import evaluate
 
     ev = evaluate(model, data, split="test_alt", segments=segments, seconds=seconds,
-                  temperature=temperature)
-    rates = ev.rates(("condition",))
-    means = ev.means(("condition",)).set_index(["condition", "signal"])
-    out = {}
-    for cond in ("translation", "ground_truth", "source"):
-        r = {x["criterion"]: x for x in rates[rates.condition == cond].to_dict("records")}
-        key = (cond, "notes_kept_score") if (cond, "notes_kept_score") in means.index \
-            else (cond, "notes_kept_truth")
-        out[cond] = _row(r, means.loc[key].to_dict())
+                  temperature=temperature, classifier=classifier, thresholds=thresholds)
+    out = {cond: ev.condition_figures(cond) for cond in ("translation", "ground_truth", "source")}
     out["thresholds"] = ev.thresholds["values"]
     return out
 
 
-def recording(model, data, temperature: float, classifier, thresholds: dict, *,
-              segments: int, seconds: float, examples: Path | None = None) -> dict:
+def recording(model, rec, temperature: float, classifier, thresholds: dict,
+              target_clips: dict, *, segments: int, seconds: float,
+              examples: Path | None = None) -> dict:
+    """`recordings.summarize` of the model's translations of `rec` into each domain of
+    the classifier; each target's first translated clip into `examples`."""
     from ..generate import translate
-    from ..recordings import Recording, evaluate_recordings, pitch_events, summarize
-    from ..signals import cut, spread
+    from ..recordings import evaluate_recordings, summarize
 
     sr = model.config.sample_rate
-    path = real_recording()
-    audio = load_audio(path, sr, allow_silent=False)[0]
-    rec = Recording(path.stem, audio, pitch_events(audio, sr))
-    targets = list(classifier.domains)
-    test = data.split("test")
-    target_clips = {t: [cut(data.load(p), 0, round(seconds * sr)) for p in spread(test[t], 4)]
-                    for t in targets}
     produced = []
 
     def run(clip, target):
@@ -95,7 +79,7 @@ def recording(model, data, temperature: float, classifier, thresholds: dict, *,
         produced.append((target, clip, out))
         return out
 
-    df = evaluate_recordings([rec], run, targets=targets, classifier=classifier,
+    df = evaluate_recordings([rec], run, targets=list(classifier.domains), classifier=classifier,
                              thresholds=Thresholds(**thresholds), target_clips=target_clips,
                              sample_rate=sr, segments=segments, seconds=seconds)
     if examples is not None:
@@ -106,16 +90,7 @@ def recording(model, data, temperature: float, classifier, thresholds: dict, *,
         for target, (clip, out) in first.items():
             save_audio(examples / f"{rec.name}_source.wav", clip, sr)
             save_audio(examples / f"{rec.name}_to_{target}.wav", np.asarray(out), sr)
-    s = summarize(df)
-    return {cond: _row(entry, entry["notes_kept"]) for cond, entry in s.items()}
-
-
-def _spread(values: list[float]) -> str:
-    values = [v for v in values if v is not None and np.isfinite(v)]
-    if len(values) < 2:
-        return "-"
-    return (f"{statistics.fmean(values):.3g} ± {statistics.stdev(values):.2g} "
-            f"({min(values):.3g} to {max(values):.3g})")
+    return summarize(df)
 
 
 def markdown(results: dict[str, dict[str, Any]]) -> str:
@@ -144,19 +119,20 @@ def markdown(results: dict[str, dict[str, Any]]) -> str:
                     v = e.get("mean", e.get("rate"))
                     values.append(v)
                     cells.append(f"{v:.2f} [{e['ci_low']:.2f}, {e['ci_high']:.2f}]")
-                lines.append(f"| {cond} | {fig} | " + " | ".join(cells) + f" | {_spread(values)} |")
+                lines.append(f"| {cond} | {fig} | " + " | ".join(cells)
+                             + f" | {spread_text(spread_of(values))} |")
         lines.append("")
     return "\n".join(lines)
 
 
 def page(results: dict[str, dict[str, Any]], examples: Path) -> str:
-    from .side_by_side import _audio_tag
+    from .side_by_side import audio_tag
 
     e = html.escape
     players = []
     for name in results:
         folder = examples / Path(name).parent.parent.name
-        cells = "".join(f"<td><b>{e(w.stem)}</b><br>{_audio_tag(w)}</td>"
+        cells = "".join(f"<td><b>{e(w.stem)}</b><br>{audio_tag(w)}</td>"
                         for w in sorted(folder.glob("*.wav")))
         players.append(f"<h3>{e(name)}</h3><table><tr>{cells}</tr></table>")
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Generalisation"
@@ -181,32 +157,39 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 
 def _cli(args: argparse.Namespace) -> int:
     from ..checkpoint import load_model
-    from ..evaluate import EvalData, dataset_classifier, run_temperature, thresholds_on_val
+    from ..evaluate import EvalData, run_temperature
+    from ..recordings import Recording, judging_context, pitch_events
 
     out = resolve(args.out)
     data = EvalData.from_manifest(resolve(args.manifest))
-    results = {}
+    path = real_recording()
+    contexts, recs, results = {}, {}, {}
     for ckpt in args.checkpoints:
-        path = resolve(ckpt)
-        model = load_model(path).eval()
-        temperature, origin = run_temperature(path)
-        classifier = dataset_classifier(data, model.domains, seconds=args.seconds)
-        pairs = [(s, t) for s in model.domains for t in model.domains if s != t]
-        th = thresholds_on_val(data, classifier, pairs, segments=args.segments,
-                               seconds=args.seconds)
-        run = path.parent.parent.name
+        checkpoint = resolve(ckpt)
+        model = load_model(checkpoint).eval()
+        temperature, origin = run_temperature(checkpoint)
+        sr = model.config.sample_rate
+        domains = tuple(model.domains)
+        if domains not in contexts:  # the seeds of one setting share it: built once
+            contexts[domains] = judging_context(data, list(domains), segments=args.segments,
+                                                seconds=args.seconds)
+        if sr not in recs:
+            audio = load_audio(path, sr, allow_silent=False)[0]
+            recs[sr] = Recording(path.stem, audio, pitch_events(audio, sr))
+        classifier, thresholds, target_clips = contexts[domains]
+        options = {"segments": args.segments, "seconds": args.seconds}
         results[ckpt] = {
             "temperature": temperature, "temperature_from": origin,
-            "other_soundfont": other_soundfont(model, data, temperature,
-                                               segments=args.segments, seconds=args.seconds),
-            "recording": recording(model, data, temperature, classifier, th["values"],
-                                   segments=args.segments, seconds=args.seconds,
-                                   examples=out / "examples" / run),
+            "other_soundfont": other_soundfont(model, data, temperature, classifier,
+                                               thresholds, **options),
+            "recording": recording(model, recs[sr], temperature, classifier,
+                                   thresholds["values"], target_clips, **options,
+                                   examples=out / "examples" / checkpoint.parent.parent.name),
         }
         print(f"{ckpt}: done")
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "generalisation.json",
-                      json.dumps({"manifest": args.manifest, "recording": str(real_recording().name),
+                      json.dumps({"manifest": args.manifest, "recording": path.name,
                                   "results": results}, indent=1, default=float) + "\n")
     text = markdown(results)
     write_text_atomic(out / "README.md", text)

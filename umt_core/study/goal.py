@@ -71,17 +71,12 @@ def goal_check(ev: Evaluation, timing: dict[str, float] | None = None) -> dict[s
         raise ValueError("goal_check: the evaluation has no translation rows")
     out: dict[str, Any] = {"split": GOAL_SPLIT, "thresholds": ev.thresholds,
                            "clips": len(ours), "works": int(ours["work"].nunique())}
-    means = ev.means(("condition",)).set_index(["condition", "signal"])
-    signal = "notes_kept_score" if ("translation", "notes_kept_score") in means.index \
-        else "notes_kept_truth"
-    kept = means.loc[("translation", signal)]
-    out["notes_kept"] = {"value": float(kept["mean"]), "ci_low": float(kept["ci_low"]),
-                         "ci_high": float(kept["ci_high"]),
-                         "against": "score" if signal == "notes_kept_score" else "ground truth"}
-    rates = ev.rates(("condition",))
-    mine = rates[rates.condition == "translation"].set_index("criterion")
+    figures = ev.condition_figures("translation")
+    kept = figures["notes_kept"]
+    out["notes_kept"] = {"value": kept["mean"], "ci_low": kept["ci_low"],
+                         "ci_high": kept["ci_high"], "against": kept["against"]}
     for crit in ("instrument", "closer_to_target", "clean", "success"):
-        r = mine.loc[crit]
+        r = figures[crit]
         out[crit] = {"value": float(r["rate"]), "ci_low": float(r["ci_low"]),
                      "ci_high": float(r["ci_high"]), "k": int(r["k"]), "n": int(r["n"])}
     for crit, bar in GOAL.items():

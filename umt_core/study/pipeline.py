@@ -37,8 +37,8 @@ from jupyter_client.kernelspec import KernelSpecManager
 from .. import data
 from ..config import parse_value
 from ..config import preset as config_preset
-from ..paths import project_root
-from . import cpu_experiment
+from ..paths import project_root, resolve
+from . import cpu_experiment, experiment_summary
 from .report import (
     NotebookRun,
     StudyReport,
@@ -229,7 +229,7 @@ def preset_manifest(root: Path, manifest: str, preset: str, *, write: bool = Tru
     dataset under its own name (`<dataset>-<preset>`), beside the full one, so that running
     one preset never rebuilds the other's data: a copy of the manifest with that name is
     written to data/manifests/. Other presets use the manifest as it is."""
-    source = Path(manifest) if Path(manifest).is_absolute() else root / manifest
+    source = resolve(manifest, root)
     if preset not in SEPARATE_DATA or not source.is_file():
         return manifest  # a missing manifest is notebook 01's to report
     derived = root / "data" / "manifests" / f"{source.stem}-{preset}.yaml"
@@ -406,6 +406,9 @@ class Experiment:
     # Prepare each variant's manifest before the variants run (for experiments that do
     # not run notebook 01).
     prepare: bool = False
+    # Settings trained by another experiment in exactly this configuration, shown on this
+    # one's page from that one's results: {setting: (experiment, its setting)}.
+    borrow: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def _search_experiment() -> Experiment:
@@ -414,18 +417,14 @@ def _search_experiment() -> Experiment:
                       summarize=cpu_experiment.write_summary, prepare=True)
 
 
-def _decoders_experiment() -> Experiment:
-    # The decoder ablation (umt_core.spectral): both decoder kinds on the cpu preset's
-    # data, domains, encoder and classifier, the same 30-minute budget, three seeds each.
-    kinds = {"wavenet": {"model.decoder": "wavenet"},
-             "spectral": {"model.decoder": "spectral", "model.latent_norm": "frame",
-                          "train.input_corruption": 0.0}}
-    return Experiment(
-        "The decoder ablation: the paper's WaveNet decoders against one non-autoregressive "
-        "spectral decoder per domain (log-magnitude STFT frames, Griffin-Lim), with the same "
-        "encoder, confusion loss, data, domains and 30-minute training budget.",
-        variants=_seeded(kinds),
-        base={"train.max_minutes": 30.0})
+def _seeded_summary(name: str) -> Callable[[Path], Any]:
+    """The summary of a seeded experiment: every setting's seeds found under
+    results/<name>/ (and its borrowed settings), side by side with the spread."""
+    def summarize(root: Path):
+        exp = EXPERIMENTS[name]
+        return experiment_summary.write_summary(root, name, exp.description,
+                                                list(exp.variants), exp.borrow)
+    return summarize
 
 
 SEEDS = (1, 2, 3)  # every setting that is compared is trained with these
@@ -437,22 +436,39 @@ def _seeded(settings: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             for name, o in settings.items() for seed in SEEDS}
 
 
+# The two decoder kinds on the cpu preset's data, domains, encoder and classifier.
+WAVENET = {"model.decoder": "wavenet"}
+SPECTRAL = {"model.decoder": "spectral", "model.latent_norm": "frame",
+            "train.input_corruption": 0.0}
+THIRTY_MINUTES = {"train.max_minutes": 30.0}
+
+
+def _decoders_experiment() -> Experiment:
+    # The decoder ablation (umt_core.spectral): the same 30-minute budget, three seeds each.
+    return Experiment(
+        "The decoder ablation: the paper's WaveNet decoders against one non-autoregressive "
+        "spectral decoder per domain (log-magnitude STFT frames, Griffin-Lim), with the same "
+        "encoder, confusion loss, data, domains and 30-minute training budget.",
+        variants=_seeded({"wavenet": WAVENET, "spectral": SPECTRAL}),
+        base=dict(THIRTY_MINUTES), summarize=_seeded_summary("decoders"))
+
+
 def _shared_decoder_experiment() -> Experiment:
     # The report's code trained one decoder for every domain. Both decoder kinds, since
-    # the spectral one is what trains far enough on a CPU to tell them apart.
-    spectral = {"model.decoder": "spectral", "model.latent_norm": "frame",
-                "train.input_corruption": 0.0}
+    # the spectral one is what trains far enough on a CPU to tell them apart. One decoder
+    # per domain is the decoder ablation's configuration: its runs are borrowed.
     return Experiment(
         "One decoder per domain (this project) against the reference implementation's bug: "
         "a single decoder shared by every domain, for the WaveNet and the spectral decoders, "
-        "on the same data, domains and 30-minute budget.",
+        "on the same data, domains and 30-minute budget (the per-domain arms are the "
+        "decoder ablation's runs).",
         variants=_seeded({
-            "wavenet-per-domain": {"model.shared_decoder": False},
-            "wavenet-shared": {"model.shared_decoder": True},
-            "spectral-per-domain": {**spectral, "model.shared_decoder": False},
-            "spectral-shared": {**spectral, "model.shared_decoder": True},
+            "wavenet-shared": {**WAVENET, "model.shared_decoder": True},
+            "spectral-shared": {**SPECTRAL, "model.shared_decoder": True},
         }),
-        base={"train.max_minutes": 30.0})
+        base=dict(THIRTY_MINUTES), summarize=_seeded_summary("shared-decoder"),
+        borrow={"wavenet-per-domain": ("decoders", "wavenet"),
+                "spectral-per-domain": ("decoders", "spectral")})
 
 
 # The divergence guard switched off (train.guard): spikes are taken and a validation loss
@@ -475,7 +491,7 @@ def _batch_experiment() -> Experiment:
         "Effective batch per domain 8 (the report's) against 32 (the paper's) at the "
         "reference's learning rate and the same samples seen: loss spikes, the guard's "
         "skips and roll-backs, and, with the guard off, divergence.",
-        variants=_seeded(settings))
+        variants=_seeded(settings), summarize=_seeded_summary("batch"))
 
 
 def _confusion_experiment() -> Experiment:
@@ -486,7 +502,8 @@ def _confusion_experiment() -> Experiment:
     return Experiment(
         "The domain-confusion weight: 0, 1e-3, 1e-2 (the paper's), 1e-1 and a ramp to 1e-2: "
         "the leakage probe against notes kept and the target rate (the trade-off).",
-        variants=_seeded(settings), base={"train.max_minutes": 30.0})
+        variants=_seeded(settings), base=dict(THIRTY_MINUTES),
+        summarize=_seeded_summary("confusion"))
 
 
 EXPERIMENTS: dict[str, Experiment] = {
@@ -522,7 +539,7 @@ def run_experiment(
     runs = experiment_runs(name, manifest, overrides, only)
     if exp.prepare:
         for m in dict.fromkeys(m or default_manifest(preset) for m, _ in runs.values()):
-            data.prep(root / m if not Path(m).is_absolute() else m, progress=progress, log=log)
+            data.prep(resolve(m, root), progress=progress, log=log)
     reports, failures = {}, []
     for variant, (variant_manifest, params) in runs.items():
         log(f"== {name}/{variant}")
@@ -760,8 +777,7 @@ def _cli_side_by_side(args: argparse.Namespace, presets: list[str]) -> int:
     manifest = manifests.pop()
 
     def prepare():
-        data.prep(root / manifest if not Path(manifest).is_absolute() else manifest,
-                  progress=sys.stderr.isatty())
+        data.prep(resolve(manifest, root), progress=sys.stderr.isatty())
 
     run_side_by_side(presets, root=root, manifest=args.manifest, params=args.param,
                      prepare=prepare, name=args.run)  # SideBySideFailed: exit code 1, the failed ones named

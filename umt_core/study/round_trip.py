@@ -91,22 +91,10 @@ def round_trip_ceiling(data: EvalData, reps: list[Representation], *, domains: l
 
 
 def ceiling_table(evaluations: dict[str, Evaluation]) -> list[dict[str, Any]]:
-    """One row per representation: notes kept (mean, interval over works) and the rate
-    (with its Wilson interval) of every criterion, for the round-tripped clips."""
-    rows = []
-    for name, ev in evaluations.items():
-        row: dict[str, Any] = {"representation": name}
-        means = ev.means(("condition",)).set_index(["condition", "signal"])
-        for sig in ("notes_kept_score", "notes_kept_truth"):
-            if ("translation", sig) in means.index:
-                m = means.loc[("translation", sig)]
-                row[sig] = {"mean": float(m["mean"]), "ci_low": float(m["ci_low"]),
-                            "ci_high": float(m["ci_high"])}
-        rates = ev.rates(("condition",))
-        for r in rates[rates.condition == "translation"].to_dict("records"):
-            row[r["criterion"]] = {k: r[k] for k in ("rate", "k", "n", "ci_low", "ci_high")}
-        rows.append(row)
-    return rows
+    """One row per representation: `Evaluation.condition_figures` of the round-tripped
+    clips (every criterion's rate and notes kept, with intervals)."""
+    return [{"representation": name, **ev.condition_figures("translation")}
+            for name, ev in evaluations.items()]
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
@@ -146,7 +134,7 @@ def _cli(args: argparse.Namespace) -> int:
                "thresholds": first.thresholds, "ceiling": table}
     write_text_atomic(Path(resolve(args.json)), json.dumps(payload, indent=1, default=float) + "\n")
     for row in table:
-        kept = row.get("notes_kept_score") or row.get("notes_kept_truth")
+        kept = row["notes_kept"]
         rates = "  ".join(f"{c} {row[c]['rate']:.2f}" for c in
                           ("instrument", "clean", "closer_to_target", "success") if c in row)
         print(f"{row['representation']:40s} notes kept {kept['mean']:.3f} "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,25 @@ from ..paths import resolve, write_text_atomic
 from .side_by_side import LATENT_ROWS, ROWS, TRAIN_ROWS, format_figure, model_figure
 
 
-def _metrics(run: Path) -> dict[str, Any]:
+def spread_of(values: list[Any]) -> dict[str, float] | None:
+    """Mean, sample standard deviation and range of the seeds' values (None and
+    non-finite ones left out); None with fewer than two."""
+    values = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    if len(values) < 2:
+        return None
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values),
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def spread_text(spread: dict[str, float] | None) -> str:
+    """"mean ± sd (min to max)", or "-" without a spread."""
+    if spread is None:
+        return "-"
+    return (f"{spread['mean']:.3g} ± {spread['sd']:.2g} "
+            f"({spread['min']:.3g} to {spread['max']:.3g})")
+
+
+def read_study_metrics(run: Path) -> dict[str, Any]:
     path = run / "metrics.json"
     try:
         value = json.loads(path.read_text())
@@ -35,32 +54,37 @@ def _metrics(run: Path) -> dict[str, Any]:
     return value
 
 
-def seed_rows(runs: list[Path]) -> list[dict[str, Any]]:
-    """One row per figure: each run's value (and interval) and the spread between runs."""
-    if len(runs) < 2:
-        raise ValueError(f"a seed spread needs two runs or more, got {[str(r) for r in runs]}")
-    metrics = {str(r): _metrics(r) for r in runs}
+# (label, notebook, key, kind): the figures of a seed table. kind "rate"/"mean" is one of
+# notebook 04's model figures (with an interval); None a plain figure.
+SPECS = ([(label, "04_listening_tests", suffix, kind) for label, suffix, kind in ROWS]
+         + [(label, "04_listening_tests", key, None) for label, key in LATENT_ROWS]
+         + [(label, "02_train", key, None) for label, key in TRAIN_ROWS])
+
+
+def figure_rows(metrics: dict[str, dict[str, Any]], specs=SPECS) -> list[dict[str, Any]]:
+    """One row per figure of `specs`: each run's value (and interval) and the spread
+    between the runs (None with fewer than two). `metrics`: {run: its metrics.json}."""
     rows = []
-    specs = [(label, "04_listening_tests", suffix, kind) for label, suffix, kind in ROWS]
-    specs += [(label, "04_listening_tests", key, None) for label, key in LATENT_ROWS]
-    specs += [(label, "02_train", key, None) for label, key in TRAIN_ROWS]
     for label, stem, key, kind in specs:
         per_run = {}
         for name, m in metrics.items():
             figures = m.get(stem, {})
             per_run[name] = model_figure(figures, key) if kind else (
                 (figures[key], None, None) if key in figures else None)
-        values = [v[0] for v in per_run.values() if v is not None and isinstance(v[0], int | float)]
-        spread = None
-        if len(values) >= 2:
-            spread = {"mean": statistics.fmean(values), "sd": statistics.stdev(values),
-                      "min": min(values), "max": max(values), "n": len(values)}
+        spread = spread_of([v[0] for v in per_run.values() if v is not None])
         rows.append({"figure": label, "notebook": stem, "key": key, "kind": kind or "value",
                      "runs": {n: (None if v is None else {"value": v[0], "ci_low": v[1],
                                                           "ci_high": v[2]})
                               for n, v in per_run.items()},
                      "spread": spread})
     return rows
+
+
+def seed_rows(runs: list[Path]) -> list[dict[str, Any]]:
+    """One row per figure: each run's value (and interval) and the spread between runs."""
+    if len(runs) < 2:
+        raise ValueError(f"a seed spread needs two runs or more, got {[str(r) for r in runs]}")
+    return figure_rows({str(r): read_study_metrics(r) for r in runs})
 
 
 def seeds_markdown(rows: list[dict[str, Any]], title: str) -> str:
@@ -78,10 +102,7 @@ def seeds_markdown(rows: list[dict[str, Any]], title: str) -> str:
             else:  # a plain figure (steps, minutes, a loss): no interval
                 cells.append(f"{v['value']:.4g}" if isinstance(v["value"], int | float)
                              else str(v["value"]))
-        s = r["spread"]
-        spread = "-" if s is None else (f"{s['mean']:.3g} ± {s['sd']:.2g} "
-                                        f"({s['min']:.3g} to {s['max']:.3g})")
-        lines.append(f"| {r['figure']} | " + " | ".join(cells) + f" | {spread} |")
+        lines.append(f"| {r['figure']} | " + " | ".join(cells) + f" | {spread_text(r['spread'])} |")
     note = ("Each seed's interval: Wilson 95% for rates, a bootstrap over works for means "
             "(as notebook 04 computes them). The last column is the spread between seeds: "
             "the sample standard deviation and the range of the seeds' values.")

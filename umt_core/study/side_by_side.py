@@ -217,7 +217,7 @@ def examples(results_dir: Path) -> dict[str, dict[str, Path]]:
     return out
 
 
-def _audio_tag(path: Path) -> str:
+def audio_tag(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<audio controls preload="none" src="data:audio/wav;base64,{data}"></audio>'
 
@@ -274,7 +274,7 @@ def side_by_side_html(root: Path, presets: list[str], wall_minutes: float | None
         panels = [("source", first.get("source")), ("ground truth", first.get("ground_truth"))]
         panels += [(f"{runs[p]}: translation", ex[p][key].get("translation")) for p in presets]
         cells = "".join(
-            f"<td><b>{e(label)}</b><br>{_audio_tag(wav)}<br>{_spectrogram_tag(wav)}</td>"
+            f"<td><b>{e(label)}</b><br>{audio_tag(wav)}<br>{_spectrogram_tag(wav)}</td>"
             for label, wav in panels if wav is not None)
         clip_html.append(f"<h3>{e(key.replace('_', ' '))}</h3><table><tr>{cells}</tr></table>")
     clips = "".join(clip_html) or (

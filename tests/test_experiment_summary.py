@@ -1,0 +1,85 @@
+"""The page of a seeded experiment (umt_core.study.experiment_summary): built from every
+variant found on disk, seeds grouped per setting with their spread, borrowed settings
+read from the experiment that trained them."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from umt_core.study import experiment_summary
+from umt_core.study.pipeline import EXPERIMENTS
+
+
+def _variant(root: Path, experiment: str, variant: str, *, notes: float, target: float,
+             steps: int = 600, evaluated: bool = True) -> None:
+    out = root / "results" / experiment / variant
+    out.mkdir(parents=True)
+    m = {"02_train": {"steps": steps, "train_minutes": 10.0, "best_val_recon": 2.0,
+                      "samples_per_s": 50.0, "skipped_steps": 1, "rollbacks": 0},
+         "03_loss_analysis": {"this_run_spikes": 2, "this_run_divergent_runs": 0}}
+    if evaluated:
+        m["04_listening_tests"] = {
+            "m_translation_notes_kept_score": notes,
+            "m_translation_notes_kept_score_ci_low": notes - 0.1,
+            "m_translation_notes_kept_score_ci_high": notes + 0.1,
+            "m_translation_instrument": target, "m_translation_instrument_ci_low": 0.0,
+            "m_translation_instrument_ci_high": 1.0,
+            "latent_probe_accuracy": 0.8, "latent_probe_chance": 0.5, "latent_use_gap": 0.2}
+    (out / "metrics.json").write_text(json.dumps(m))
+
+
+def test_settings_group_seeds_and_keep_the_variants_order():
+    got = experiment_summary.settings_of(["b8-seed1", "b8-seed2", "b32-seed1", "plain"])
+    assert got == {"b8": [(1, "b8-seed1"), (2, "b8-seed2")], "b32": [(1, "b32-seed1")],
+                   "plain": [(0, "plain")]}
+
+
+def test_summary_spreads_each_settings_seeds_and_skips_unevaluated_ones(tmp_path):
+    variants = ["a-seed1", "a-seed2", "a-seed3", "b-seed1", "b-seed2", "c-seed1"]
+    for seed, notes in ((1, 0.1), (2, 0.2), (3, 0.6)):
+        _variant(tmp_path, "exp", f"a-seed{seed}", notes=notes, target=0.5)
+    _variant(tmp_path, "exp", "b-seed1", notes=0.4, target=0.9, steps=1200)
+    _variant(tmp_path, "exp", "b-seed2", notes=0.4, target=0.9, evaluated=False)  # still training
+    settings = experiment_summary.write_summary(tmp_path, "exp", "A test.", variants)
+    assert [s["setting"] for s in settings] == ["a", "b"]  # c never ran
+    assert settings[1]["runs"] == ["exp/b-seed1"]
+    notes = next(r for r in settings[0]["rows"] if r["key"] == "translation_notes_kept_score")
+    assert notes["spread"]["n"] == 3 and notes["spread"]["mean"] == pytest.approx(0.3)
+    assert notes["spread"]["min"] == 0.1 and notes["spread"]["max"] == 0.6
+    speed = next(r for r in settings[1]["rows"] if r["key"] == "steps_per_s")
+    assert speed["runs"]["exp/b-seed1"]["value"] == pytest.approx(2.0)  # 1,200 in 10 min
+    out = tmp_path / "results" / "exp"
+    md = (out / "README.md").read_text()
+    assert "0.3 ± 0.26 (0.1 to 0.6), n=3" in md  # the spread, not one seed
+    assert "0.400 [0.300, 0.500], n=1" in md  # one seed: its interval, and it says n=1
+    assert json.loads((out / "summary.json").read_text())["settings"][0]["setting"] == "a"
+    assert (out / "figure.png").stat().st_size > 5_000
+    page = (out / "index.html").read_text()
+    assert 'href="../exp/a-seed3/index.html"' in page and 'src="figure.png"' in page
+
+
+def test_borrowed_settings_come_from_the_experiment_that_trained_them(tmp_path):
+    for seed in (1, 2, 3):
+        _variant(tmp_path, "decoders", f"spectral-seed{seed}", notes=0.3, target=0.9)
+        _variant(tmp_path, "shared-decoder", f"spectral-shared-seed{seed}", notes=0.0, target=0.5)
+    EXPERIMENTS["shared-decoder"].summarize(tmp_path)
+    summary = json.loads((tmp_path / "results" / "shared-decoder" / "summary.json").read_text())
+    by = {s["setting"]: s for s in summary["settings"]}
+    assert set(by) == {"spectral-shared", "spectral-per-domain"}
+    assert by["spectral-per-domain"]["from"] == "decoders"
+    assert by["spectral-per-domain"]["runs"] == [f"decoders/spectral-seed{s}" for s in (1, 2, 3)]
+    md = (tmp_path / "results" / "shared-decoder" / "README.md").read_text()
+    assert "`spectral-per-domain` = results/decoders/" in md
+
+
+def test_summary_without_results_says_so(tmp_path):
+    assert experiment_summary.write_summary(tmp_path, "exp", "A test.", ["a-seed1"]) == []
+    assert "No variant has been evaluated yet." in (tmp_path / "results" / "exp" / "README.md").read_text()
+
+
+def test_a_corrupt_metrics_file_is_named(tmp_path):
+    (tmp_path / "results" / "exp" / "a-seed1").mkdir(parents=True)
+    (tmp_path / "results" / "exp" / "a-seed1" / "metrics.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"a-seed1/metrics.json: not valid JSON"):
+        experiment_summary.write_summary(tmp_path, "exp", "A test.", ["a-seed1"])

@@ -1,0 +1,248 @@
+"""The page of an experiment whose settings are each trained with several seeds
+(`decoders`, `shared-decoder`, `batch`, `confusion`).
+
+An experiment's variants are named ``<setting>-seed<n>``. Its variants run one at a time
+or in parallel invocations (``--variants``), so the summary is built from every variant
+found under ``results/<experiment>/``, not from the invocation that ran last. A setting
+may be *borrowed* from another experiment that trains exactly the same configuration
+(the shared-decoder experiment's per-domain arms are the decoder experiment's runs):
+its seeds are read from that experiment's folder and the page says so.
+
+Written to ``results/<experiment>/``:
+
+    summary.json  every figure of every setting: each seed's value (with its interval)
+                  and the spread between seeds
+    README.md     the settings side by side (mean ± sd and range over seeds), then each
+                  setting's seeds with their intervals
+    figure.png    the headline figures, one dot per seed and the mean per setting
+    index.html    the same, linking each seed's own report
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from ..paths import write_text_atomic
+from .report import _CSS, _table
+from .seeds import SPECS, figure_rows, spread_text
+from .side_by_side import format_figure
+
+SEED_VARIANT = re.compile(r"^(?P<setting>.+)-seed(?P<seed>\d+)$")
+
+# Figures every seeded experiment shows beyond the seed table's: how fast it trained and
+# what the divergence guard and the log analysis saw.
+EXTRA_SPECS = [
+    ("training steps per second", "02_train", "steps_per_s", None),
+    ("training samples per second (median of the last 50 steps)", "02_train",
+     "samples_per_s", None),
+    ("skipped steps (guard)", "02_train", "skipped_steps", None),
+    ("roll-backs (guard)", "02_train", "rollbacks", None),
+    ("loss spikes in the log", "03_loss_analysis", "this_run_spikes", None),
+    ("diverged (validation loss back at ln 256)", "03_loss_analysis",
+     "this_run_divergent_runs", None),
+]
+# The figure's panels: (label, key of a row in the tables).
+PANELS = [("notes kept (score)", "translation_notes_kept_score"),
+          ("classified as target", "translation_instrument"),
+          ("closer to target", "translation_closer_to_target"),
+          ("latent probe accuracy", "latent_probe_accuracy"),
+          ("best validation loss", "best_val_recon")]
+
+
+def settings_of(variants: list[str]) -> dict[str, list[tuple[int, str]]]:
+    """{setting: [(seed, variant), ...]} in the variants' order; a name without a seed
+    suffix is a setting of its own (seed 0)."""
+    out: dict[str, list[tuple[int, str]]] = {}
+    for v in variants:
+        m = SEED_VARIANT.match(v)
+        setting, seed = (m["setting"], int(m["seed"])) if m else (v, 0)
+        out.setdefault(setting, []).append((seed, v))
+    return out
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    """A variant's metrics.json with derived figures, or None when it has not been
+    evaluated (no notebook 04 figures)."""
+    try:
+        m = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); re-run that variant") from None
+    if not isinstance(m, dict) or not m.get("04_listening_tests"):
+        return None
+    train = m.get("02_train") or {}
+    steps, minutes = train.get("steps"), train.get("train_minutes")
+    if isinstance(steps, int | float) and isinstance(minutes, int | float) and minutes > 0:
+        m["02_train"] = {**train, "steps_per_s": steps / (60.0 * minutes)}
+    return m
+
+
+def collect(root: Path, name: str, variants: list[str],
+            borrowed: dict[str, tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+    """One entry per setting that has at least one evaluated seed: its seeds' runs (as
+    paths relative to results/), where they come from, and its figure rows."""
+    results = root / "results"
+    found = []
+    plan = [(setting, name, setting, seeds) for setting, seeds in settings_of(variants).items()]
+    for setting, (other, other_setting) in (borrowed or {}).items():
+        from .pipeline import EXPERIMENTS  # the registry imports this module
+
+        seeds = settings_of(list(EXPERIMENTS[other].variants)).get(other_setting, [])
+        plan.append((setting, other, other_setting, seeds))
+    order = list(settings_of(variants)) + list(borrowed or {})
+    for setting, exp, _, seeds in sorted(plan, key=lambda p: order.index(p[0])):
+        metrics = {}
+        for seed, variant in seeds:
+            m = _load(results / exp / variant / "metrics.json")
+            if m is not None:
+                metrics[f"{exp}/{variant}"] = m
+        if not metrics:
+            continue
+        found.append({"setting": setting, "from": exp, "runs": list(metrics),
+                      "rows": figure_rows(metrics, SPECS + EXTRA_SPECS)})
+    return found
+
+
+def _cell(row: dict[str, Any]) -> str:
+    """A setting's figure in the side-by-side table: mean ± sd (range) over seeds, or the
+    one seed's value with its interval."""
+    if row["spread"] is not None:
+        return f"{spread_text(row['spread'])}, n={row['spread']['n']}"
+    values = [v for v in row["runs"].values() if v is not None]
+    if not values:
+        return "-"
+    v = values[0]
+    if row["kind"] in ("rate", "mean"):
+        return format_figure((v["value"], v["ci_low"], v["ci_high"]), row["kind"]) + ", n=1"
+    return (f"{v['value']:.4g}" if isinstance(v["value"], int | float) else str(v["value"])) \
+        + ", n=1"
+
+
+def _seed_cell(row: dict[str, Any], run: str) -> str:
+    v = row["runs"].get(run)
+    if v is None:
+        return "-"
+    if row["kind"] in ("rate", "mean"):
+        return format_figure((v["value"], v["ci_low"], v["ci_high"]), row["kind"])
+    return f"{v['value']:.4g}" if isinstance(v["value"], int | float) else str(v["value"])
+
+
+def side_by_side_rows(settings: list[dict[str, Any]]) -> list[list[str]]:
+    """[figure, cell per setting] for every figure."""
+    if not settings:
+        return []
+    labels = [r["figure"] for r in settings[0]["rows"]]
+    return [[label] + [_cell(s["rows"][i]) for s in settings] for i, label in enumerate(labels)]
+
+
+def markdown(name: str, description: str, settings: list[dict[str, Any]]) -> str:
+    lines = [f"# Experiment {name}", "", description, ""]
+    if not settings:
+        return "\n".join(lines + ["No variant has been evaluated yet.", ""])
+    borrowed = [s for s in settings if s["from"] != name]
+    lines += [("Thresholds chosen on the validation works, figures on the paired test works. "
+              "Each cell: mean ± sample standard deviation over seeds (range), n = seeds "
+              "evaluated; with one seed, its value and 95% interval (Wilson for rates, "
+              "bootstrap over works for means)."), ""]
+    if borrowed:
+        lines += ["Borrowed settings (the same configuration, trained once): " + "; ".join(
+            f"`{s['setting']}` = results/{s['from']}/" for s in borrowed) + ".", ""]
+    head = ["figure"] + [s["setting"] for s in settings]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in side_by_side_rows(settings)]
+    for s in settings:
+        lines += ["", f"## {s['setting']}", "",
+                  "| figure | " + " | ".join(s["runs"]) + " |",
+                  "|" + "---|" * (len(s["runs"]) + 1)]
+        lines += [f"| {r['figure']} | " + " | ".join(_seed_cell(r, run) for run in s["runs"])
+                  + " |" for r in s["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+def figure(settings: list[dict[str, Any]], path: Path, title: str) -> bool:
+    """One panel per headline figure: a dot per seed, a bar at the mean per setting.
+    False (and nothing written) when there is nothing to draw."""
+    import matplotlib  # on use: seconds to import, only the figure needs it
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for label, key in PANELS:
+        per = []
+        for s in settings:
+            row = next((r for r in s["rows"] if r["key"] == key), None)
+            vals = [] if row is None else [v["value"] for v in row["runs"].values()
+                                           if v is not None and isinstance(v["value"], int | float)
+                                           and math.isfinite(v["value"])]
+            per.append(vals)
+        if any(per):
+            panels.append((label, per))
+    if not panels:
+        return False
+    names = [s["setting"] for s in settings]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
+    for ax, (label, per) in zip(axes[0], panels, strict=True):
+        for i, vals in enumerate(per):
+            if vals:
+                ax.hlines(sum(vals) / len(vals), i - 0.3, i + 0.3, color="black")
+                ax.scatter([i] * len(vals), vals, color="tab:blue", s=18, zorder=3)
+        ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def page(name: str, description: str, settings: list[dict[str, Any]], has_figure: bool) -> str:
+    e = html.escape
+    parts = [f"<h1>Experiment {e(name)}</h1>", f"<p>{e(description)}</p>"]
+    if not settings:
+        parts.append("<p>No variant has been evaluated yet.</p>")
+    else:
+        parts.append("<p>Thresholds chosen on the validation works, figures on the paired "
+                     "test works. Each cell: mean ± sample standard deviation over seeds "
+                     "(range), n = seeds evaluated; with one seed, its value and 95% "
+                     "interval.</p>")
+        if has_figure:
+            parts.append('<p><img src="figure.png" alt="headline figures per seed" '
+                         'style="max-width:100%"></p>')
+        head = ["figure"] + [e(s["setting"]) + ("" if s["from"] == name else
+                                                 f" <small>(results/{e(s['from'])}/)</small>")
+                             for s in settings]
+        parts.append(_table(head, [[e(c) for c in r] for r in side_by_side_rows(settings)]))
+        for s in settings:
+            links = ", ".join(f'<a href="../{e(run)}/index.html">{e(run)}</a>'
+                              for run in s["runs"])
+            parts.append(f"<h2>{e(s['setting'])}</h2><p>Seeds: {links}</p>")
+            parts.append(_table(["figure"] + [e(r) for r in s["runs"]],
+                                [[e(r["figure"])] + [e(_seed_cell(r, run)) for run in s["runs"]]
+                                 for r in s["rows"]]))
+    body = "\n".join(parts)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>UMT study: {e(name)}</title><style>{_CSS}</style></head><body>\n"
+            f"{body}\n<p>Machine-readable: <a href=\"summary.json\">summary.json</a>; the same "
+            f'tables: <a href="README.md">README.md</a>.</p>\n</body></html>\n')
+
+
+def write_summary(root: Path, name: str, description: str, variants: list[str],
+                  borrowed: dict[str, tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+    """summary.json, README.md, figure.png and index.html under results/<name>/."""
+    settings = collect(root, name, variants, borrowed)
+    out = root / "results" / name
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "summary.json", json.dumps(
+        {"experiment": name, "settings": settings}, indent=1, allow_nan=False) + "\n")
+    write_text_atomic(out / "README.md", markdown(name, description, settings))
+    drawn = bool(settings) and figure(settings, out / "figure.png", f"Experiment {name}")
+    write_text_atomic(out / "index.html", page(name, description, settings, drawn))
+    return settings
