@@ -83,3 +83,16 @@ def test_a_corrupt_metrics_file_is_named(tmp_path):
     (tmp_path / "results" / "exp" / "a-seed1" / "metrics.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"a-seed1/metrics.json: not valid JSON"):
         experiment_summary.write_summary(tmp_path, "exp", "A test.", ["a-seed1"])
+
+
+def test_the_default_studys_page_lists_each_experiment_or_how_to_run_it(tmp_path):
+    from umt_core.study.side_by_side import side_by_side_html
+
+    for seed in (1, 2):
+        _variant(tmp_path, "decoders", f"spectral-seed{seed}", notes=0.1 * seed, target=0.9)
+    EXPERIMENTS["decoders"].summarize(tmp_path)
+    page = side_by_side_html(tmp_path, ["cpu", "cpu-spectral"])
+    findings = page.split("Findings: the controlled experiments")[1]
+    assert "0.15 ± 0.071 (0.1 to 0.2), n=2" in findings  # the decoders' spread over seeds
+    assert 'href="decoders/index.html"' in findings
+    assert "python -m umt_core study --experiment batch</code>" in findings  # not run yet

@@ -246,3 +246,52 @@ def write_summary(root: Path, name: str, description: str, variants: list[str],
     drawn = bool(settings) and figure(settings, out / "figure.png", f"Experiment {name}")
     write_text_atomic(out / "index.html", page(name, description, settings, drawn))
     return settings
+
+
+# ------------------------------------------------------------------ the findings' index
+# The controlled experiments the default study's page lists, with the rows it shows of
+# each (by the key of a row of the summary).
+FINDINGS = [
+    ("decoders", "Does the shared latent translate when the decoder is cheap?",
+     ["translation_notes_kept_score", "translation_instrument", "translation_clean",
+      "latent_use_gap", "steps_per_s"]),
+    ("shared-decoder", "Is one decoder for every domain why 'to cello' sounded like piano?",
+     ["translation_instrument", "translation_closer_to_target",
+      "translation_notes_kept_score", "latent_probe_accuracy"]),
+    ("batch", "Does a smaller batch make spikes and divergence more likely?",
+     ["this_run_spikes", "skipped_steps", "rollbacks", "this_run_divergent_runs",
+      "best_val_recon"]),
+    ("confusion", "Where is the trade-off of the domain-confusion weight?",
+     ["latent_probe_accuracy", "translation_notes_kept_score", "translation_instrument"]),
+]
+
+
+def findings_html(results: Path) -> str:
+    """One short table per controlled experiment that has a summary (its headline rows,
+    each setting's mean ± sd over seeds), or the command that runs it; then the
+    generalisation page. For the default study's page."""
+    e = html.escape
+    parts = []
+    for name, question, keys in FINDINGS:
+        try:
+            settings = json.loads((results / name / "summary.json").read_text())["settings"]
+        except (OSError, ValueError, KeyError, TypeError):
+            settings = []
+        parts.append(f"<h3>{e(question)} <small>({e(name)})</small></h3>")
+        if not settings:
+            parts.append(f'<p class="muted">Not run yet: <code>python -m umt_core study '
+                         f"--experiment {e(name)}</code>.</p>")
+            continue
+        labels = {r["key"]: r["figure"] for r in settings[0]["rows"]}
+        rows = []
+        for key in keys:
+            cells = [_cell(next((r for r in s["rows"] if r["key"] == key), None) or
+                           {"spread": None, "runs": {}, "kind": "value"}) for s in settings]
+            rows.append([e(labels.get(key, key))] + [e(c) for c in cells])
+        parts.append(_table(["figure"] + [e(s["setting"]) for s in settings], rows))
+        parts.append(f'<p><a href="{e(name)}/index.html">Every figure, seed by seed</a></p>')
+    if (results / "generalisation" / "index.html").is_file():
+        parts.append('<h3>Does it translate recordings it never heard? <small>(generalisation)'
+                     '</small></h3><p><a href="generalisation/index.html">The page, with audio '
+                     "players</a></p>")
+    return "\n".join(parts)

@@ -248,6 +248,8 @@ def _spectrogram_tag(path: Path) -> str:
 
 def side_by_side_html(root: Path, presets: list[str], wall_minutes: float | None = None,
                       name: str | None = None) -> str:
+    from .experiment_summary import findings_html  # it builds on this module's figures
+
     e = html.escape
     results = root / "results"
     runs = {p: run_name(p, name) for p in presets}
@@ -303,5 +305,9 @@ its provenance: the link in its heading. What the figures mean and where each ru
 against the paper: results/README.md.</p>
 <h2>The same test clips</h2>
 {clips}
+<h2>Findings: the controlled experiments</h2>
+<p>Each setting trained with three seeds on the same data and budget; mean ± sd over the
+seeds (range). What they answer, in words: results/README.md, section Findings.</p>
+{findings_html(results)}
 </body></html>
 """
