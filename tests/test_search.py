@@ -127,12 +127,15 @@ def _fake_calibrated_point(root: Path, name: str, *, notes, target, closer, clea
           "latent_probe_accuracy": 0.8, "latent_probe_chance": 0.5, "latent_use_gap": 0.5}
     (out / "04_listening_tests.json").write_text(json.dumps(ev))
     (out / "02_train.json").write_text(json.dumps({"steps": 900, "train_minutes": 20.0}))
+    (out / "provenance.json").write_text(json.dumps({"git": {"commit": "4e8bd261e0", "dirty": False}}))
 
 
 def test_summary_tables_calibrated_runs_apart_against_the_study_goal(tmp_path):
     """A point re-run under the calibrated evaluation has no chroma: it gets its own
     table, judged by the study's goal, and the first evaluation's rows keep their caveat."""
     _fake_point(tmp_path, "b4000", chroma=0.7, target=0.8, success=0.6)
+    (tmp_path / "results" / cpu_experiment.NAME / "b4000" / "provenance.json").write_text(
+        json.dumps({"git": {"commit": "34ef8ba64d", "dirty": True}}))
     _fake_calibrated_point(tmp_path, "b1000", notes=-0.04, target=0.8, closer=0.4, clean=0.0,
                            success=0.0)
     _fake_calibrated_point(tmp_path, "b2000", notes=0.7, target=0.9, closer=0.8, clean=0.95,
@@ -147,6 +150,8 @@ def test_summary_tables_calibrated_runs_apart_against_the_study_goal(tmp_path):
     assert "## Calibrated evaluation" in calibrated and "Runs meeting the goal: b2000." in calibrated
     assert "| b1000 |" in calibrated and "-0.04 [-0.14, 0.06]" in calibrated
     assert "| b1000 |" not in first and "Read with care" in first and "| b4000 |" in first
+    # the tree each run was trained from: a dirty one is marked, it cannot be reproduced
+    assert "| 4e8bd26 |" in calibrated and "| 34ef8ba+ |" in first
     page = (tmp_path / "results" / cpu_experiment.NAME / "index.html").read_text()
     assert "Calibrated evaluation" in page and 'href="b1000/"' in page
 

@@ -221,6 +221,11 @@ def run_row(root: Path, name: str) -> dict[str, Any] | None:
         return float(ev.get(f"{prefix}_{condition}_{signal}", math.nan))
 
     row: dict[str, Any] = {"run": name, **(point.setting() if point else {})}
+    git = _load(out / "provenance.json").get("git") or {}
+    # The commit trained from; "+" marks a tree with uncommitted changes (not reproducible
+    # from the commit alone).
+    row["tree"] = "" if not git.get("commit") else \
+        str(git["commit"])[:7] + ("+" if git.get("dirty") else "")
     # The calibrated evaluation (notebook 04 since the calibration rows) writes a clean
     # criterion and notes kept against the score; the first one wrote chroma against
     # the source. A row says which measured it, and the two are tabled apart.
@@ -300,7 +305,7 @@ COLUMNS = ["run", "changes", "sample_rate", "numbers_per_s", "latent", "pool", "
            "latent_probe",
            "probe_chance", "latent_use_gap", "gt_chroma", "unrelated_chroma", "evaluation",
            "notes_kept", "notes_kept_ci_low", "notes_kept_ci_high", "instrument", "clean",
-           "meets_goal"]
+           "tree", "meets_goal"]
 
 
 def _fmt(v: Any) -> str:
@@ -343,7 +348,8 @@ MD_COLUMNS = [("run", "run"), ("changes", "setting"), ("numbers_per_s", "numbers
               ("chroma_vs_gt", "chroma / ground truth's"),
               ("wave_corr", "wave corr"), ("closer_to_target", "closer to target"),
               ("classified_as_target", "classified target"), ("success", "success"),
-              ("latent_probe", "latent probe"), ("latent_use_gap", "latent-use gap")]
+              ("latent_probe", "latent probe"), ("latent_use_gap", "latent-use gap"),
+              ("tree", "commit")]
 
 
 CALIBRATED_COLUMNS = [("run", "run"), ("changes", "setting"), ("numbers_per_s", "numbers/s"),
@@ -351,7 +357,7 @@ CALIBRATED_COLUMNS = [("run", "run"), ("changes", "setting"), ("numbers_per_s", 
                       ("notes_kept", "notes kept (score)"), ("instrument", "target"),
                       ("closer_to_target", "closer to target"), ("clean", "clean"),
                       ("success", "success"), ("latent_probe", "latent probe"),
-                      ("latent_use_gap", "latent-use gap")]
+                      ("latent_use_gap", "latent-use gap"), ("tree", "commit")]
 
 # What a reader must know before reading the first evaluation's table.
 FIRST_EVALUATION_CAVEAT = (
@@ -359,7 +365,9 @@ FIRST_EVALUATION_CAVEAT = (
     "against the source, no clean criterion), and the search's points were chosen on the "
     "same 8 test works they are reported on. Their checkpoints are not kept, so they "
     "cannot be re-evaluated; re-running a point (`--variants NAME`) measures it with the "
-    "calibrated evaluation and moves it to the table above.")
+    "calibrated evaluation and moves it to the table above. A commit marked + was "
+    "trained from a tree with uncommitted changes: that run cannot be reproduced from "
+    "the commit alone.")
 
 
 def _calibrated_cell(r: dict[str, Any], key: str) -> str:
