@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "umt_core.study.round_trip",  # round-trip
     "umt_core.study.seeds",       # seeds
     "umt_core.study.generalisation",  # generalisation
+    "umt_core.latent_pitch",    # latent-pitch
     "umt_core.bench",           # bench train|generate|loader
 ]
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import preset
+from .bars import GOAL as STUDY_GOAL
 
 NAME = "cpu-bottleneck"
 MANIFEST_16K = "data_manifests/scores.yaml"
@@ -268,8 +269,6 @@ def run_row(root: Path, name: str) -> dict[str, Any] | None:
 
 def meets_calibrated_goal(row: dict[str, Any]) -> bool:
     """The study's goal (`umt_core.study.goal.GOAL`) on a calibrated evaluation's row."""
-    from .goal import GOAL as STUDY_GOAL
-
     def value(key: str) -> float:
         v = row.get(key)
         return math.nan if v is None else float(v)
@@ -378,8 +377,6 @@ def _calibrated_cell(r: dict[str, Any], key: str) -> str:
 
 
 def summary_markdown(rows: list[dict[str, Any]]) -> str:
-    from .goal import GOAL as STUDY_GOAL
-
     lines = [f"# {NAME}: the CPU translation search", "",
              ("Every run trains for a fixed time on 2 CPU cores and is evaluated (its last "
              "checkpoint) on the paired held-out clips."), ""]

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import write_text_atomic
+from .figures import format_figure
 from .report import _CSS, _table
 from .seeds import SPECS, figure_rows, spread_text
-from .side_by_side import format_figure
 
 SEED_VARIANT = re.compile(r"^(?P<setting>.+)-seed(?P<seed>\d+)$")
 
@@ -84,19 +84,16 @@ def _load(path: Path) -> dict[str, Any] | None:
 
 
 def collect(root: Path, name: str, variants: list[str],
-            borrowed: dict[str, tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+            borrowed: dict[str, tuple[str, list[str]]] | None = None) -> list[dict[str, Any]]:
     """One entry per setting that has at least one evaluated seed: its seeds' runs (as
-    paths relative to results/), where they come from, and its figure rows."""
+    paths relative to results/), where they come from, and its figure rows. `borrowed`:
+    {setting: (the experiment that trains it, that setting's variants there)}."""
     results = root / "results"
     found = []
-    plan = [(setting, name, setting, seeds) for setting, seeds in settings_of(variants).items()]
-    for setting, (other, other_setting) in (borrowed or {}).items():
-        from .pipeline import EXPERIMENTS  # the registry imports this module
-
-        seeds = settings_of(list(EXPERIMENTS[other].variants)).get(other_setting, [])
-        plan.append((setting, other, other_setting, seeds))
-    order = list(settings_of(variants)) + list(borrowed or {})
-    for setting, exp, _, seeds in sorted(plan, key=lambda p: order.index(p[0])):
+    plan = [(setting, name, seeds) for setting, seeds in settings_of(variants).items()]
+    for setting, (other, other_variants) in (borrowed or {}).items():
+        plan.append((setting, other, [(0, v) for v in other_variants]))
+    for setting, exp, seeds in plan:
         metrics = {}
         for seed, variant in seeds:
             m = _load(results / exp / variant / "metrics.json")
@@ -235,7 +232,8 @@ def page(name: str, description: str, settings: list[dict[str, Any]], has_figure
 
 
 def write_summary(root: Path, name: str, description: str, variants: list[str],
-                  borrowed: dict[str, tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+                  borrowed: dict[str, tuple[str, list[str]]] | None = None
+                  ) -> list[dict[str, Any]]:
     """summary.json, README.md, figure.png and index.html under results/<name>/."""
     settings = collect(root, name, variants, borrowed)
     out = root / "results" / name

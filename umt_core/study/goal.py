@@ -32,12 +32,9 @@ from ..evaluate import THRESHOLD_SPLIT, EvalData, Evaluation, evaluate, run_temp
 from ..generate import translate
 from ..options import positive_float, positive_int
 from ..paths import resolve, write_text_atomic
+from .bars import GOAL, GOAL_SPLIT, TRANSLATE_10S_SECONDS
 
-# The bars; a rate criterion's value is the share of translated clips that pass it.
-GOAL = {"notes_kept": 0.6, "instrument": 0.75, "closer_to_target": 0.75, "clean": 0.90,
-        "success": 0.50}
-TRANSLATE_10S_SECONDS = 2.0
-GOAL_SPLIT = "test"
+__all__ = ["GOAL", "GOAL_SPLIT", "TRANSLATE_10S_SECONDS", "goal_check"]
 
 
 def translation_seconds(model, seconds: float = 10.0, repeats: int = 3) -> dict[str, float]:

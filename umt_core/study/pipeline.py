@@ -422,8 +422,12 @@ def _seeded_summary(name: str) -> Callable[[Path], Any]:
     results/<name>/ (and its borrowed settings), side by side with the spread."""
     def summarize(root: Path):
         exp = EXPERIMENTS[name]
+        borrowed = {setting: (other, experiment_summary.settings_of(
+                        list(EXPERIMENTS[other].variants)).get(other_setting, []))
+                    for setting, (other, other_setting) in exp.borrow.items()}
+        borrowed = {s: (o, [v for _, v in seeds]) for s, (o, seeds) in borrowed.items()}
         return experiment_summary.write_summary(root, name, exp.description,
-                                                list(exp.variants), exp.borrow)
+                                                list(exp.variants), borrowed)
     return summarize
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import resolve, write_text_atomic
-from .side_by_side import LATENT_ROWS, ROWS, TRAIN_ROWS, format_figure, model_figure
+from .figures import LATENT_ROWS, ROWS, TRAIN_ROWS, format_figure, model_figure
 
 
 def spread_of(values: list[Any]) -> dict[str, float] | None:
