@@ -88,3 +88,22 @@ def test_frame_labels_are_the_classes_sounding_at_each_frame_centre():
     assert y[:, 0].tolist() == [True, False, False, True]  # C: 60 until 0.5, 72 from 0.9
     assert y[:, 4].tolist() == [True, True, True, True]  # E: 0.25-1.0
     assert y.sum() == 6
+
+
+def test_the_command_writes_each_checkpoints_figures_and_the_commit(data, tmp_path, monkeypatch):
+    """`latent-pitch` on a checkpoint: the figures per checkpoint, with the git commit
+    the figures came from (committed results must come from a clean tree)."""
+    import json
+
+    from umt_core import latent_pitch as lp
+    from umt_core.__main__ import main
+
+    scored = dataclasses.replace(data, notes=_Notes())
+    monkeypatch.setattr(lp.EvalData, "from_manifest", classmethod(lambda cls, m: scored))
+    monkeypatch.setattr("umt_core.checkpoint.load_model", lambda p: _model(_Spectrum()))
+    out = tmp_path / "lp.json"
+    assert main(["latent-pitch", "--checkpoint", "a.pt", "--split", "test", "--segments", "2",
+                 "--seconds", "0.75", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["checkpoints"]["a.pt"]["latent"]["auc"] > 0.9
+    assert set(got["git"]) == {"commit", "dirty"} and got["split"] == "test"

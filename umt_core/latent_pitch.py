@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,12 @@ def _cli(args: argparse.Namespace) -> int:
               f"shuffled labels {r['latent_shuffled_labels']['auc']:.3f}; {r['frames']} frames "
               f"of {r['works']} {args.split} works; AUC, 0.5 = no information)")
     if args.json:
-        write_text_atomic(Path(resolve(args.json)), json.dumps(out, indent=1) + "\n")
+        from .paths import project_root
+        from .study.report import git_info
+
+        payload = {"command": " ".join(["python -m umt_core", *sys.argv[1:]]),
+                   "git": git_info(project_root()), "manifest": args.manifest,
+                   "split": args.split, "checkpoints": out}
+        write_text_atomic(Path(resolve(args.json)), json.dumps(payload, indent=1) + "\n")
         print(f"wrote {args.json}")
     return 0
