@@ -69,6 +69,10 @@ def test_a_latent_that_carries_the_spectrum_reads_the_pitch_classes(data):
     assert abs(r["latent_shuffled_labels"]["auc"] - 0.5) < 0.08  # the one that must not
     assert r["works"] == 4 and r["frames"] == 4 * 2 * 2 * (12000 // POOL)
     assert 0.3 < r["untrained_latent"]["auc"] < 1.0  # the smoke encoder as initialised
+    lat, un = r["latent"], r["untrained_latent"]
+    assert lat["ci_low"] <= lat["auc"] <= lat["ci_high"]
+    assert un["gain_over_it"] == pytest.approx(lat["auc"] - un["auc"])
+    assert un["gain_ci_low"] > 0  # the spectrum beats a random encoder, by a clear margin
 
 
 def test_a_latent_that_carries_nothing_scores_chance(data):
@@ -80,6 +84,18 @@ def test_a_latent_that_carries_nothing_scores_chance(data):
 def test_without_score_notes_the_probe_says_why(data):
     with pytest.raises(ValueError, match="needs the score's notes"):
         latent_pitch(_model(_Nothing()), data, split="test")
+
+
+def test_the_auc_is_scikit_learns():
+    from sklearn.metrics import roc_auc_score
+
+    from umt_core.latent_pitch import macro_auc
+
+    rng = np.random.default_rng(0)
+    Y = rng.random((300, 12)) < 0.3
+    prob = np.round(Y * 0.3 + rng.random((300, 12)), 1)  # ties on purpose
+    expected = np.mean([roc_auc_score(Y[:, pc], prob[:, pc]) for pc in range(12)])
+    assert macro_auc(Y, prob) == pytest.approx(expected, abs=1e-12)
 
 
 def test_frame_labels_are_the_classes_sounding_at_each_frame_centre():
