@@ -124,9 +124,15 @@ def score_chroma(events: np.ndarray, start: float, n_frames: int, sample_rate: i
     into the rendering: (12, n_frames), 1 where a note of that class sounds (frame
     centre within [note start, note end)). `events` is `render.arrange`'s (N, 4) array
     of [channel, pitch, start_s, end_s]."""
+    return pitch_classes_at(events, start + np.arange(n_frames) * CQT_HOP / sample_rate)
+
+
+def pitch_classes_at(events: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """(12, len(times)): 1 where a note of that pitch class sounds at that time (seconds
+    from the start of the rendering; a note sounds in [start, end))."""
     ev = np.asarray(events, dtype=np.float64).reshape(-1, 4)
-    t = start + np.arange(n_frames) * CQT_HOP / sample_rate
-    out = np.zeros((12, n_frames))
+    t = np.asarray(times, dtype=np.float64)
+    out = np.zeros((12, len(t)))
     if not len(ev):
         return out
     sounding = (ev[:, 2][None, :] <= t[:, None]) & (t[:, None] < ev[:, 3][None, :])

@@ -38,7 +38,7 @@ import torch
 
 from .audio import mu_law_encode
 from .calibration import paired_clips
-from .content import CQT_HOP, cqt_chroma
+from .content import CQT_HOP, cqt_chroma, pitch_classes_at
 from .evaluate import SPLITS, EvalData
 from .options import positive_float, positive_int
 from .paths import resolve, write_text_atomic
@@ -62,15 +62,8 @@ def frame_pitch_classes(events: np.ndarray, start_s: float, n_frames: int,
                         frame_s: float) -> np.ndarray:
     """(n_frames, 12) booleans: the classes sounding at each frame's centre. `events`:
     (N, 4) [channel, midi pitch, start s, end s] from the start of the rendering."""
-    ev = np.asarray(events, dtype=np.float64).reshape(-1, 4)
-    t = start_s + (np.arange(n_frames) + 0.5) * frame_s
-    out = np.zeros((n_frames, 12), dtype=bool)
-    if len(ev):
-        sounding = (ev[:, 2][None, :] <= t[:, None]) & (t[:, None] < ev[:, 3][None, :])
-        pcs = ev[:, 1].astype(int) % 12
-        for pc in range(12):
-            out[:, pc] = sounding[:, pcs == pc].any(axis=1)
-    return out
+    times = start_s + (np.arange(n_frames) + 0.5) * frame_s
+    return pitch_classes_at(events, times).T.astype(bool)
 
 
 def out_of_fold(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, folds: int = 4,
@@ -126,9 +119,12 @@ def pitch_probe_auc(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, folds: int
     """Mean over pitch classes of the cross-validated (by group) ROC AUC of a logistic
     regression predicting each class from X; classes that never or always sound are
     left out (`classes` says how many counted)."""
-    prob = out_of_fold(X, Y, groups, folds, seed)
-    classes = int(sum(np.isfinite(prob[:, pc]).all() for pc in range(12)))
-    return {"auc": macro_auc(Y, prob), "classes": classes}
+    return _figures(Y, out_of_fold(X, Y, groups, folds, seed))
+
+
+def _figures(Y: np.ndarray, prob: np.ndarray) -> dict[str, Any]:
+    return {"auc": macro_auc(Y, prob),
+            "classes": int(sum(np.isfinite(prob[:, pc]).all() for pc in range(12)))}
 
 
 def paired_bootstrap(Y: np.ndarray, probs: dict[str, np.ndarray], groups: np.ndarray,
@@ -199,9 +195,7 @@ def latent_pitch(model, data: EvalData, *, split: str = "val", domains: list[str
     out = {"split": split, "domains": domains, "frames": len(Y), "works": len(set(groups)),
            "frame_seconds": frame_s}
     for name, prob in probs.items():
-        out[name] = {"auc": macro_auc(Y, prob),
-                     "classes": int(sum(np.isfinite(prob[:, pc]).all() for pc in range(12))),
-                     **intervals[name]}
+        out[name] = {**_figures(Y, prob), **intervals[name]}
     # no information: must be about 0.5
     out["latent_shuffled_labels"] = pitch_probe_auc(X, shuffled, g, seed=seed)
     return out

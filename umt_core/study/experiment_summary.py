@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import write_text_atomic
-from .figures import format_figure
 from .report import _CSS, _table
-from .seeds import SPECS, figure_rows, spread_text
+from .seeds import SPECS, figure_rows, run_cell, spread_text
 
 SEED_VARIANT = re.compile(r"^(?P<setting>.+)-seed(?P<seed>\d+)$")
 
@@ -111,23 +110,8 @@ def _cell(row: dict[str, Any]) -> str:
     one seed's value with its interval."""
     if row["spread"] is not None:
         return f"{spread_text(row['spread'])}, n={row['spread']['n']}"
-    values = [v for v in row["runs"].values() if v is not None]
-    if not values:
-        return "-"
-    v = values[0]
-    if row["kind"] in ("rate", "mean"):
-        return format_figure((v["value"], v["ci_low"], v["ci_high"]), row["kind"]) + ", n=1"
-    return (f"{v['value']:.4g}" if isinstance(v["value"], int | float) else str(v["value"])) \
-        + ", n=1"
-
-
-def _seed_cell(row: dict[str, Any], run: str) -> str:
-    v = row["runs"].get(run)
-    if v is None:
-        return "-"
-    if row["kind"] in ("rate", "mean"):
-        return format_figure((v["value"], v["ci_low"], v["ci_high"]), row["kind"])
-    return f"{v['value']:.4g}" if isinstance(v["value"], int | float) else str(v["value"])
+    runs = [n for n, v in row["runs"].items() if v is not None]
+    return run_cell(row, runs[0]) + ", n=1" if runs else "-"
 
 
 def side_by_side_rows(settings: list[dict[str, Any]]) -> list[list[str]]:
@@ -157,7 +141,7 @@ def markdown(name: str, description: str, settings: list[dict[str, Any]]) -> str
         lines += ["", f"## {s['setting']}", "",
                   "| figure | " + " | ".join(s["runs"]) + " |",
                   "|" + "---|" * (len(s["runs"]) + 1)]
-        lines += [f"| {r['figure']} | " + " | ".join(_seed_cell(r, run) for run in s["runs"])
+        lines += [f"| {r['figure']} | " + " | ".join(run_cell(r, run) for run in s["runs"])
                   + " |" for r in s["rows"]]
     return "\n".join(lines) + "\n"
 
@@ -222,7 +206,7 @@ def page(name: str, description: str, settings: list[dict[str, Any]], has_figure
                               for run in s["runs"])
             parts.append(f"<h2>{e(s['setting'])}</h2><p>Seeds: {links}</p>")
             parts.append(_table(["figure"] + [e(r) for r in s["runs"]],
-                                [[e(r["figure"])] + [e(_seed_cell(r, run)) for run in s["runs"]]
+                                [[e(r["figure"])] + [e(run_cell(r, run)) for run in s["runs"]]
                                  for r in s["rows"]]))
     body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

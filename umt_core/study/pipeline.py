@@ -422,10 +422,10 @@ def _seeded_summary(name: str) -> Callable[[Path], Any]:
     results/<name>/ (and its borrowed settings), side by side with the spread."""
     def summarize(root: Path):
         exp = EXPERIMENTS[name]
-        borrowed = {setting: (other, experiment_summary.settings_of(
-                        list(EXPERIMENTS[other].variants)).get(other_setting, []))
-                    for setting, (other, other_setting) in exp.borrow.items()}
-        borrowed = {s: (o, [v for _, v in seeds]) for s, (o, seeds) in borrowed.items()}
+        borrowed = {}
+        for setting, (other, other_setting) in exp.borrow.items():
+            seeds = experiment_summary.settings_of(list(EXPERIMENTS[other].variants))
+            borrowed[setting] = (other, [v for _, v in seeds.get(other_setting, [])])
         return experiment_summary.write_summary(root, name, exp.description,
                                                 list(exp.variants), borrowed)
     return summarize

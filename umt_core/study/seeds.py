@@ -87,21 +87,23 @@ def seed_rows(runs: list[Path]) -> list[dict[str, Any]]:
     return figure_rows({str(r): read_study_metrics(r) for r in runs})
 
 
+def run_cell(row: dict[str, Any], run: str) -> str:
+    """One run's value of a figure row: with its interval for rates and means, plain for
+    the rest (steps, minutes, a loss); "-" where the run has none."""
+    v = row["runs"].get(run)
+    if v is None:
+        return "-"
+    if row["kind"] in ("rate", "mean"):
+        return format_figure((v["value"], v["ci_low"], v["ci_high"]), row["kind"])
+    return f"{v['value']:.4g}" if isinstance(v["value"], int | float) else str(v["value"])
+
+
 def seeds_markdown(rows: list[dict[str, Any]], title: str) -> str:
     runs = list(rows[0]["runs"])
     head = "| figure | " + " | ".join(runs) + " | mean ± sd (range) |"
     lines = [f"# {title}", "", head, "|" + "---|" * (len(runs) + 2)]
     for r in rows:
-        cells = []
-        for n in runs:
-            v = r["runs"][n]
-            if v is None:
-                cells.append("-")
-            elif r["kind"] in ("rate", "mean"):
-                cells.append(format_figure((v["value"], v["ci_low"], v["ci_high"]), r["kind"]))
-            else:  # a plain figure (steps, minutes, a loss): no interval
-                cells.append(f"{v['value']:.4g}" if isinstance(v["value"], int | float)
-                             else str(v["value"]))
+        cells = [run_cell(r, n) for n in runs]
         lines.append(f"| {r['figure']} | " + " | ".join(cells) + f" | {spread_text(r['spread'])} |")
     note = ("Each seed's interval: Wilson 95% for rates, a bootstrap over works for means "
             "(as notebook 04 computes them). The last column is the spread between seeds: "
