@@ -59,6 +59,29 @@ def test_summary_spreads_each_settings_seeds_and_skips_unevaluated_ones(tmp_path
     assert 'href="../exp/a-seed3/index.html"' in page and 'src="figure.png"' in page
 
 
+def test_what_a_translation_is_closest_to_is_read_beside_its_calibration_rows(tmp_path):
+    # The closer-to-target rate means little alone: the source itself scores 0 and noise
+    # shaped like the target about 0.5 ("neither"). The page puts both beside it.
+    _variant(tmp_path, "exp", "a-seed1", notes=0.0, target=0.5)
+    path = tmp_path / "results" / "exp" / "a-seed1" / "metrics.json"
+    m = json.loads(path.read_text())
+    m["04_listening_tests"].update({
+        "m_translation_closer_to_target": 0.45, "m_source_closer_to_target": 0.0,
+        "m_gt_source_envelope_closer_to_target": 0.9,  # another row ending in "source..."
+        "m_shaped_noise_closer_to_target": 0.53, "m_reconstruction_instrument": 0.97,
+        "m_translation_source_chroma": 0.24})
+    path.write_text(json.dumps(m))
+    [setting] = experiment_summary.write_summary(tmp_path, "exp", "A test.", ["a-seed1"])
+    value = {r["key"]: (r["runs"]["exp/a-seed1"] or {}).get("value") for r in setting["rows"]}
+    assert value["translation_closer_to_target"] == 0.45
+    assert value["source_closer_to_target"] == 0.0
+    assert value["shaped_noise_closer_to_target"] == 0.53
+    assert value["reconstruction_instrument"] == 0.97
+    assert value["translation_source_chroma"] == 0.24
+    md = (tmp_path / "results" / "exp" / "README.md").read_text()
+    assert "what 'neither' scores" in md and "| 0.53, n=1 |" in md
+
+
 def test_borrowed_settings_come_from_the_experiment_that_trained_them(tmp_path):
     for seed in (1, 2, 3):
         _variant(tmp_path, "decoders", f"spectral-seed{seed}", notes=0.3, target=0.9)

@@ -33,9 +33,23 @@ from .seeds import SPECS, figure_rows, run_cell, spread_text
 
 SEED_VARIANT = re.compile(r"^(?P<setting>.+)-seed(?P<seed>\d+)$")
 
-# Figures every seeded experiment shows beyond the seed table's: how fast it trained and
-# what the divergence guard and the log analysis saw.
-EXTRA_SPECS = [
+# Figures every seeded experiment shows beyond the seed table's. First, what a
+# translation is closest to: the closer-to-target criterion on two of the calibration
+# rows scored with it (the source itself: what "the source" scores; noise shaped like
+# the target: what "neither" scores; the ground truth scores 1), the reconstruction's
+# instrument and the translation's chroma agreement with its source. Then how fast it
+# trained and what the divergence guard and the log analysis saw.
+CLOSEST_SPECS = [
+    ("closer to target, calibration: the source itself (what 'the source' scores)",
+     "04_listening_tests", "source_closer_to_target", "rate"),
+    ("closer to target, calibration: noise shaped like the target (what 'neither' scores)",
+     "04_listening_tests", "shaped_noise_closer_to_target", "rate"),
+    ("reconstruction classified as its own (the source's) instrument", "04_listening_tests",
+     "reconstruction_instrument", "rate"),
+    ("the translation's chroma agreement with its source (the source itself: 1)",
+     "04_listening_tests", "translation_source_chroma", "mean"),
+]
+EXTRA_SPECS = CLOSEST_SPECS + [
     ("training steps per second", "02_train", "steps_per_s", None),
     ("training samples per second (median of the last 50 steps)", "02_train",
      "samples_per_s", None),
