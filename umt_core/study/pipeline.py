@@ -505,7 +505,10 @@ def _confusion_experiment() -> Experiment:
     settings["conf1e-2-ramp"] = {"train.confusion_weight": 1e-2, "train.confusion_ramp_steps": 1000}
     return Experiment(
         "The domain-confusion weight: 0, 1e-3, 1e-2 (the paper's), 1e-1 and a ramp to 1e-2: "
-        "the leakage probe against notes kept and the target rate (the trade-off).",
+        "the leakage probe against notes kept and the target rate (the trade-off). On "
+        "the CPU budget no encoder learns the notes (results/latent-pitch/), so there "
+        "these runs measure how the weight moves the leakage and the target rate, not "
+        "whether a weight makes the model translate.",
         variants=_seeded(settings), base=dict(THIRTY_MINUTES),
         summarize=_seeded_summary("confusion"))
 
