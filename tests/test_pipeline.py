@@ -343,6 +343,16 @@ def test_every_comparison_trains_each_setting_with_three_seeds_and_valid_overrid
     seen = {v: p["train.batch_per_domain"] * p["train.epochs"] * p["train.steps_per_epoch"]
             for v, p in batch.items()}
     assert len(set(seen.values())) == 1  # the same samples seen by every batch size
+    # The confusion runs train a fixed number of steps, whatever the machine's load, and
+    # the ramp reaches its weight within them.
+    confusion = EXPERIMENTS["confusion"]
+    for variant, params in confusion.variants.items():
+        cfg = config_preset("cpu", {k: v for k, v in {**confusion.base, **params}.items()
+                                    if "." in k})
+        assert cfg.train.max_minutes == 0 and cfg.train.epochs * cfg.train.steps_per_epoch > 0
+        assert cfg.train.confusion_ramp_steps < cfg.train.epochs * cfg.train.steps_per_epoch
+    weights = {p["train.confusion_weight"] for p in confusion.variants.values()}
+    assert {0.0, 1e-2} <= weights  # no confusion term, and the paper's weight
     assert batch["b8-guard-off-seed1"]["train.guard"] is False
     assert "train.guard" not in batch["b8-seed1"]
 
