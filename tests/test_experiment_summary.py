@@ -119,3 +119,32 @@ def test_the_default_studys_page_lists_each_experiment_or_how_to_run_it(tmp_path
     assert "0.15 ± 0.071 (0.1 to 0.2), n=2" in findings  # the decoders' spread over seeds
     assert 'href="decoders/index.html"' in findings
     assert "python -m umt_core study --experiment batch</code>" in findings  # not run yet
+
+
+def test_the_confusion_page_draws_its_trade_off_seed_by_seed(tmp_path):
+    """The confusion experiment's page plots the leakage probe against the translation
+    figures, one point per seed paired by run (a seed without a figure is left out);
+    another experiment's page has no trade-off figure."""
+    for setting, probe in (("conf0", 0.95), ("conf1e-1", 0.7)):
+        for seed, notes in ((1, 0.1), (2, 0.3)):
+            _variant(tmp_path, "confusion", f"{setting}-seed{seed}", notes=notes, target=0.8)
+            path = tmp_path / "results" / "confusion" / f"{setting}-seed{seed}" / "metrics.json"
+            m = json.loads(path.read_text())
+            m["04_listening_tests"]["latent_probe_accuracy"] = probe + 0.01 * seed
+            if setting == "conf1e-1" and seed == 2:
+                del m["04_listening_tests"]["m_translation_notes_kept_score"]
+            path.write_text(json.dumps(m))
+    settings = experiment_summary.write_summary(
+        tmp_path, "confusion", "A test.", ["conf0-seed1", "conf0-seed2", "conf1e-1-seed1",
+                                           "conf1e-1-seed2"])
+    points = experiment_summary.trade_off_points(settings, "latent_probe_accuracy",
+                                                 "translation_notes_kept_score")
+    assert points == [[(0.96, 0.1), (0.97, 0.3)], [(0.71, 0.1)]]
+    out = tmp_path / "results" / "confusion"
+    assert (out / "trade_off.png").stat().st_size > 5_000
+    assert 'src="trade_off.png"' in (out / "index.html").read_text()
+    for seed in (1, 2):
+        _variant(tmp_path, "other", f"a-seed{seed}", notes=0.1, target=0.5)
+    experiment_summary.write_summary(tmp_path, "other", "A test.", ["a-seed1", "a-seed2"])
+    assert not (tmp_path / "results" / "other" / "trade_off.png").exists()
+    assert "trade_off.png" not in (tmp_path / "results" / "other" / "index.html").read_text()

@@ -24,6 +24,7 @@ import html
 import json
 import math
 import re
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +199,69 @@ def figure(settings: list[dict[str, Any]], path: Path, title: str) -> bool:
     return True
 
 
-def page(name: str, description: str, settings: list[dict[str, Any]], has_figure: bool) -> str:
+def _seed_values(setting: dict[str, Any], key: str) -> dict[str, float]:
+    """{run: value} of one figure of a setting, the runs that have a finite value."""
+    row = next((r for r in setting["rows"] if r["key"] == key), None)
+    return {} if row is None else {
+        run: v["value"] for run, v in row["runs"].items()
+        if v is not None and isinstance(v["value"], int | float) and math.isfinite(v["value"])}
+
+
+def trade_off_points(settings: list[dict[str, Any]], x_key: str, y_key: str
+                     ) -> list[list[tuple[float, float]]]:
+    """Per setting, the (x, y) of each seed that has both figures."""
+    out = []
+    for s in settings:
+        xs, ys = _seed_values(s, x_key), _seed_values(s, y_key)
+        out.append([(xs[run], ys[run]) for run in xs if run in ys])
+    return out
+
+
+def trade_off_figure(settings: list[dict[str, Any]], path: Path, x: tuple[str, str],
+                     ys: list[tuple[str, str]], title: str) -> bool:
+    """One panel per (label, key) of `ys` against the figure `x` (label, key): a point per
+    seed, coloured by setting, and each setting's mean with ± one standard deviation
+    across its seeds on both axes. False (nothing written) without a seed that has both."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    panels = [(y_label, per) for y_label, y_key in ys
+              if any(per := trade_off_points(settings, x[1], y_key))]
+    if not panels:
+        return False
+    chance = [v for s in settings for v in _seed_values(s, "latent_probe_chance").values()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, (y_label, per) in zip(axes[0], panels, strict=True):
+        for i, pts in enumerate(per):
+            if not pts:
+                continue
+            c = colours(i % 10)
+            px, py = [p[0] for p in pts], [p[1] for p in pts]
+            ax.scatter(px, py, color=c, s=16, alpha=0.6)
+            sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
+            ax.errorbar(statistics.fmean(px), statistics.fmean(py), xerr=sd(px), yerr=sd(py),
+                        color=c, marker="o", markersize=7, capsize=3,
+                        label=f"{settings[i]['setting']} (n={len(pts)})")
+        if x[1] == "latent_probe_accuracy" and chance:
+            ax.axvline(statistics.fmean(chance), color="grey", ls="--", lw=1)
+            ax.text(statistics.fmean(chance), ax.get_ylim()[1], " chance", color="grey",
+                    fontsize=7, va="top")
+        ax.set_xlabel(x[0], fontsize=8)
+        ax.set_ylabel(y_label, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def page(name: str, description: str, settings: list[dict[str, Any]], has_figure: bool,
+         has_trade_off: bool = False) -> str:
     e = html.escape
     parts = [f"<h1>Experiment {e(name)}</h1>", f"<p>{e(description)}</p>"]
     if not settings:
@@ -211,6 +274,11 @@ def page(name: str, description: str, settings: list[dict[str, Any]], has_figure
         if has_figure:
             parts.append('<p><img src="figure.png" alt="headline figures per seed" '
                          'style="max-width:100%"></p>')
+        if has_trade_off:
+            parts.append('<p>The trade-off: each seed a small point, each setting its mean '
+                         '± one standard deviation across seeds (large point, bars); the '
+                         'dashed line is the probe\'s chance.</p><p><img src="trade_off.png" '
+                         'alt="the trade-off, one point per seed" style="max-width:100%"></p>')
         head = ["figure"] + [e(s["setting"]) + ("" if s["from"] == name else
                                                  f" <small>(results/{e(s['from'])}/)</small>")
                              for s in settings]
@@ -229,10 +297,20 @@ def page(name: str, description: str, settings: list[dict[str, Any]], has_figure
             f'tables: <a href="README.md">README.md</a>.</p>\n</body></html>\n')
 
 
+# The trade-off figure of an experiment that has one: x, then the y of each panel.
+TRADE_OFFS = {
+    "confusion": (("leakage: latent probe accuracy (source instrument)", "latent_probe_accuracy"),
+                  [("notes kept (score)", "translation_notes_kept_score"),
+                   ("classified as the target", "translation_instrument"),
+                   ("closer to the target", "translation_closer_to_target")]),
+}
+
+
 def write_summary(root: Path, name: str, description: str, variants: list[str],
                   borrowed: dict[str, tuple[str, list[str]]] | None = None
                   ) -> list[dict[str, Any]]:
-    """summary.json, README.md, figure.png and index.html under results/<name>/."""
+    """summary.json, README.md, figure.png and index.html under results/<name>/ (and
+    trade_off.png for an experiment of TRADE_OFFS)."""
     settings = collect(root, name, variants, borrowed)
     out = root / "results" / name
     out.mkdir(parents=True, exist_ok=True)
@@ -240,7 +318,9 @@ def write_summary(root: Path, name: str, description: str, variants: list[str],
         {"experiment": name, "settings": settings}, indent=1, allow_nan=False) + "\n")
     write_text_atomic(out / "README.md", markdown(name, description, settings))
     drawn = bool(settings) and figure(settings, out / "figure.png", f"Experiment {name}")
-    write_text_atomic(out / "index.html", page(name, description, settings, drawn))
+    traded = bool(settings) and name in TRADE_OFFS and trade_off_figure(
+        settings, out / "trade_off.png", *TRADE_OFFS[name], f"Experiment {name}: the trade-off")
+    write_text_atomic(out / "index.html", page(name, description, settings, drawn, traded))
     return settings
 
 
