@@ -104,6 +104,26 @@ def test_dotted_keys_go_to_the_overrides_parameter(standin_root):
                             notebooks_dir=standin_root / "notebooks", stems=("01_data_prep",))
 
 
+def test_provenance_is_strict_json_and_keeps_an_infinite_parameter(standin_root):
+    """train.grad_clip=inf (no clipping) is recorded as "inf", which -p reads back, so
+    that provenance.json parses with a strict JSON reader (no Infinity)."""
+    write_standin(standin_root / "notebooks" / "02_train.ipynb",
+                  extra_params="overrides = {}  # dotted config overrides\n")
+    pipeline.run_study("smoke", "inf", root=standin_root, log=lambda *a: None,
+                       overrides={"train.grad_clip": math.inf},
+                       stems=("02_train",))
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    text = (standin_root / "results" / "inf" / "provenance.json").read_text()
+    prov = json.loads(text, parse_constant=refuse)
+    recorded = prov["parameters"]["02_train"]["overrides"]["train.grad_clip"]
+    assert recorded == "inf"
+    assert pipeline.parse_values([f"train.grad_clip={recorded}"]) == {
+        "train.grad_clip": math.inf}
+
+
 def test_smoke_data_is_prepared_beside_the_full_dataset(tmp_path, monkeypatch):
     monkeypatch.setenv("UMT_ROOT", str(tmp_path))
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "umt_core"\n')
@@ -122,9 +142,9 @@ def test_smoke_data_is_prepared_beside_the_full_dataset(tmp_path, monkeypatch):
 
 def test_parse_values_reads_yaml_scalars():
     got = pipeline.parse_values(["steps=20", "seconds=0.5", "manifest=data_manifests/a.yaml",
-                                 "fresh=true", "x=null"])
+                                 "fresh=true", "x=null", "train.grad_clip=inf"])
     assert got == {"steps": 20, "seconds": 0.5, "manifest": "data_manifests/a.yaml",
-                   "fresh": True, "x": None}
+                   "fresh": True, "x": None, "train.grad_clip": math.inf}
     with pytest.raises(ValueError):
         pipeline.parse_values(["steps"])
 
@@ -317,7 +337,7 @@ def test_every_comparison_trains_each_setting_with_three_seeds_and_valid_overrid
     from umt_core.study.pipeline import EXPERIMENTS, SEEDS
 
     assert SEEDS == (1, 2, 3)
-    for name in ("shared-decoder", "decoders", "batch", "confusion"):
+    for name in ("shared-decoder", "decoders", "batch", "confusion", "divergence"):
         exp = EXPERIMENTS[name]
         settings = {}
         for variant, params in exp.variants.items():
@@ -353,6 +373,17 @@ def test_every_comparison_trains_each_setting_with_three_seeds_and_valid_overrid
         assert cfg.train.confusion_ramp_steps < cfg.train.epochs * cfg.train.steps_per_epoch
     weights = {p["train.confusion_weight"] for p in confusion.variants.values()}
     assert {0.0, 1e-2} <= weights  # no confusion term, and the paper's weight
+    # The divergence search: every change is one step from the report's setting (lr 1e-3,
+    # clip 1, guard off), at batch 8 and 32 with the same samples seen.
+    divergence = EXPERIMENTS["divergence"].variants
+    seen = set()
+    for variant, params in divergence.items():
+        cfg = config_preset("cpu", {k: v for k, v in params.items() if "." in k})
+        assert cfg.train.guard is False and cfg.train.max_minutes == 0
+        assert (cfg.train.lr == 1e-3) != (cfg.train.grad_clip == 1.0), variant
+        seen.add(cfg.train.batch_per_domain * cfg.train.epochs * cfg.train.steps_per_epoch)
+    assert len(seen) == 1
+    assert {p["train.batch_per_domain"] for p in divergence.values()} == {8, 32}
     assert batch["b8-guard-off-seed1"]["train.guard"] is False
     assert "train.guard" not in batch["b8-seed1"]
 

@@ -444,3 +444,25 @@ def test_two_gloo_processes_equal_one_process(tmp_path, decoder):
     for x, y in zip(ea, eb):
         for name in DOMAINS:
             assert x["val_recon"][name] == pytest.approx(y["val_recon"][name], abs=1e-4)
+
+
+def test_a_clip_of_zero_or_a_bad_learning_rate_is_refused_and_inf_switches_clipping_off(
+        tmp_path, data):
+    """train.grad_clip 0 would clip every gradient to 0 and train nothing, silently: it is
+    refused by name, as a learning rate that is not a positive finite number. inf is the
+    way to switch clipping off: such a run trains, is stored and resumes."""
+    for key, value in (("train.grad_clip", 0.0), ("train.grad_clip", -1.0),
+                       ("train.lr", 0.0), ("train.lr", math.inf)):
+        with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+            train(smoke(**{key: value}), tmp_path / "bad", train_data=data, steps=1,
+                  progress=False)
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+    cfg = smoke(**{"train.grad_clip": math.inf})
+    first = train(cfg, tmp_path / "off", train_data=data, steps=1, progress=False)
+    before = load_checkpoint(first["last_checkpoint"])
+    assert before["config"]["train"]["grad_clip"] == math.inf
+    after = load_checkpoint(train(cfg, tmp_path / "off", train_data=data, steps=2,
+                                  progress=False)["last_checkpoint"])
+    assert after["step"] == 2
+    assert all(torch.isfinite(v).all() for v in after["model"].values() if v.is_floating_point())
+    assert any(not torch.equal(after["model"][k], before["model"][k]) for k in before["model"])

@@ -75,7 +75,7 @@ class TrainConfig:
     steps_per_epoch: int = 1000
     epochs: int = 10000
     confusion_weight: float = 1e-2  # lambda of the domain-confusion term
-    grad_clip: float = 1.0  # gradient value clip, as the reference
+    grad_clip: float = 1.0  # gradient value clip, as the reference; inf = no clipping
     augment: bool = True  # pitch-shift a sub-segment of the encoder input
     pitch_shift_semitones: float = 0.5
     schedule: str = "all_domains"  # or "round_robin": one domain per step (reference)
@@ -287,9 +287,12 @@ _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 def parse_value(text: str) -> Any:
     """A command-line value: a YAML scalar or list ("true", "null", "[a, b]"), and any
-    decimal number as a number (1e-4, 5E3 and 1_000 as YAML 1.2 reads them)."""
+    decimal number as a number (1e-4, 5E3 and 1_000 as YAML 1.2 reads them), and inf
+    (train.grad_clip=inf: no clipping)."""
     if text == "":
         return text
+    if text.strip().lower() in ("inf", "+inf", "-inf"):
+        return float(text)
     value = yaml.safe_load(text)
     if isinstance(value, str) and _NUMBER.fullmatch(text.strip()):
         number = float(text)

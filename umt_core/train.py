@@ -869,6 +869,11 @@ def _check_config(cfg: Config) -> None:
     if tc.batch_per_domain < 1 or tc.steps_per_epoch < 1 or tc.segment_samples < cfg.model.pool:
         raise ValueError("train.batch_per_domain and steps_per_epoch must be >= 1 and "
                          "segment_samples at least one pool window")
+    if not tc.grad_clip > 0:  # 0 would clip every gradient to 0: nothing would train
+        raise ValueError(f"train.grad_clip must be > 0, not {tc.grad_clip!r} "
+                         "(inf switches clipping off)")
+    if not 0 < tc.lr < math.inf:
+        raise ValueError(f"train.lr must be a positive finite number, not {tc.lr!r}")
 
 
 def train(cfg: Config, run_dir: str | Path, *, manifest=None,

@@ -338,6 +338,8 @@ FINDINGS = [
     ("batch", "Does a smaller batch make spikes and divergence more likely?",
      ["this_run_spikes", "skipped_steps", "rollbacks", "this_run_divergent_runs",
       "best_val_recon"]),
+    ("divergence", "What is the smallest change that makes training diverge?",
+     ["this_run_divergent_runs", "this_run_spikes", "skipped_steps", "best_val_recon"]),
     ("confusion", "Where is the trade-off of the domain-confusion weight?",
      ["latent_probe_accuracy", "translation_notes_kept_score", "translation_instrument"]),
 ]
