@@ -18,6 +18,7 @@ from umt_core.__main__ import main
 from umt_core.checkpoint import save_checkpoint
 from umt_core.model import UMTN
 from umt_core.signals import degrade
+from umt_core.statistics import wilson_interval
 
 SR = 16000
 SECONDS = 1.5
@@ -240,7 +241,14 @@ def test_model_signals_on_a_smoke_model(data, classifier, thresholds, smoke_conf
     assert result.latent_probe["n"] == 12 and result.latent_probe["chance"] == 0.5
     assert list(result.latent_use.domain) == ["piano", "cello"]
     assert np.isfinite(result.latent_use.gap).all()
-    assert "latent_probe_accuracy" in result.key_figures()
+    figures = result.key_figures()
+    # the probe's accuracy is a rate over its 12 segments: it has its Wilson interval
+    k = round(figures["latent_probe_accuracy"] * 12)
+    assert figures["latent_probe_n"] == 12
+    assert (figures["latent_probe_accuracy_ci_low"], figures["latent_probe_accuracy_ci_high"]) \
+        == pytest.approx(wilson_interval(k, 12))
+    assert figures["latent_probe_accuracy_ci_low"] <= figures["latent_probe_accuracy"] \
+        <= figures["latent_probe_accuracy_ci_high"]
     text = ev.format_tables(result)
     assert "Latent domain probe" in text and "translation" in text
 

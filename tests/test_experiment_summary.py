@@ -25,7 +25,9 @@ def _variant(root: Path, experiment: str, variant: str, *, notes: float, target:
             "m_translation_notes_kept_score_ci_high": notes + 0.1,
             "m_translation_instrument": target, "m_translation_instrument_ci_low": 0.0,
             "m_translation_instrument_ci_high": 1.0,
-            "latent_probe_accuracy": 0.8, "latent_probe_chance": 0.5, "latent_use_gap": 0.2}
+            "latent_probe_accuracy": 0.8, "latent_probe_accuracy_ci_low": 0.6,
+            "latent_probe_accuracy_ci_high": 0.9, "latent_probe_chance": 0.5,
+            "latent_use_gap": 0.2}
     (out / "metrics.json").write_text(json.dumps(m))
 
 
@@ -55,6 +57,7 @@ def test_summary_spreads_each_settings_seeds_and_skips_unevaluated_ones(tmp_path
     assert "0.400 [0.300, 0.500], n=1" in md  # one seed: its interval, and it says n=1
     assert json.loads((out / "summary.json").read_text())["settings"][0]["setting"] == "a"
     assert (out / "figure.png").stat().st_size > 5_000
+    assert "0.80 [0.60, 0.90], n=1" in md  # the probe's rate keeps its interval (b-seed1)
     page = (out / "index.html").read_text()
     assert 'href="../exp/a-seed3/index.html"' in page and 'src="figure.png"' in page
 

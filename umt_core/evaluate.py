@@ -65,7 +65,7 @@ from .signals import (
     spread,
     windows,
 )
-from .statistics import bootstrap_mean, rate
+from .statistics import bootstrap_mean, rate, wilson_interval
 
 CONDITIONS = ("translation", "reconstruction", *calibration.ROWS)
 CRITERIA = ("instrument", "clean", "notes", "closer_to_target", "success")
@@ -384,8 +384,15 @@ class Evaluation:
                 if r["condition"] in model_rows:
                     out[f"{name}_ci_low"], out[f"{name}_ci_high"] = r["ci_low"], r["ci_high"]
         if self.latent_probe:
-            out["latent_probe_accuracy"] = self.latent_probe["accuracy"]
+            acc, n = self.latent_probe["accuracy"], self.latent_probe.get("n", 0)
+            out["latent_probe_accuracy"] = acc
             out["latent_probe_chance"] = self.latent_probe["chance"]
+            if n and math.isfinite(acc):
+                # Wilson over the probed segments, taken as independent: segments of one
+                # work are not, so the true uncertainty is somewhat larger.
+                low, high = wilson_interval(round(acc * n), n)
+                out["latent_probe_accuracy_ci_low"], out["latent_probe_accuracy_ci_high"] = low, high
+                out["latent_probe_n"] = n
         if self.latent_use is not None and len(self.latent_use):
             out["latent_use_gap"] = float(self.latent_use.gap.mean())
         return out

@@ -70,7 +70,8 @@ def figure_rows(metrics: dict[str, dict[str, Any]], specs=SPECS) -> list[dict[st
         for name, m in metrics.items():
             figures = m.get(stem, {})
             per_run[name] = model_figure(figures, key) if kind else (
-                (figures[key], None, None) if key in figures else None)
+                (figures[key], figures.get(f"{key}_ci_low"), figures.get(f"{key}_ci_high"))
+                if key in figures else None)
         spread = spread_of([v[0] for v in per_run.values() if v is not None])
         rows.append({"figure": label, "notebook": stem, "key": key, "kind": kind or "value",
                      "runs": {n: (None if v is None else {"value": v[0], "ci_low": v[1],
@@ -95,6 +96,8 @@ def run_cell(row: dict[str, Any], run: str) -> str:
         return "-"
     if row["kind"] in ("rate", "mean"):
         return format_figure((v["value"], v["ci_low"], v["ci_high"]), row["kind"])
+    if v.get("ci_low") is not None and v.get("ci_high") is not None:  # a plain rate's interval
+        return format_figure((v["value"], v["ci_low"], v["ci_high"]), "rate")
     return f"{v['value']:.4g}" if isinstance(v["value"], int | float) else str(v["value"])
 
 
