@@ -145,6 +145,7 @@ def test_parse_values_reads_yaml_scalars():
                                  "fresh=true", "x=null", "train.grad_clip=inf"])
     assert got == {"steps": 20, "seconds": 0.5, "manifest": "data_manifests/a.yaml",
                    "fresh": True, "x": None, "train.grad_clip": math.inf}
+    assert math.isnan(pipeline.parse_values(["y=nan"])["y"])  # as provenance writes NaN
     with pytest.raises(ValueError):
         pipeline.parse_values(["steps"])
 

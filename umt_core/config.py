@@ -287,11 +287,11 @@ _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 def parse_value(text: str) -> Any:
     """A command-line value: a YAML scalar or list ("true", "null", "[a, b]"), and any
-    decimal number as a number (1e-4, 5E3 and 1_000 as YAML 1.2 reads them), and inf
-    (train.grad_clip=inf: no clipping)."""
+    decimal number as a number (1e-4, 5E3 and 1_000 as YAML 1.2 reads them), and inf or
+    nan as Python writes them (train.grad_clip=inf: no clipping)."""
     if text == "":
         return text
-    if text.strip().lower() in ("inf", "+inf", "-inf"):
+    if text.strip().lower() in ("inf", "+inf", "-inf", "nan"):
         return float(text)
     value = yaml.safe_load(text)
     if isinstance(value, str) and _NUMBER.fullmatch(text.strip()):

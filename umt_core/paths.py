@@ -8,10 +8,12 @@ working directory (JupyterLab starts kernels in notebooks/, papermill in the roo
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 
 def project_root(start: str | Path | None = None) -> Path:
@@ -64,3 +66,16 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write `text` to `path` through `atomic_path`."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def json_safe(obj: Any, non_finite: Callable[[float], Any] = lambda x: None) -> Any:
+    """`obj` (dicts, lists, tuples, scalars) with every NaN or infinity replaced by
+    `non_finite(x)`: JSON has no such numbers, and a strict reader refuses Python's
+    NaN and Infinity. The default writes null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return non_finite(obj)
+    if isinstance(obj, dict):
+        return {k: json_safe(v, non_finite) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v, non_finite) for v in obj]
+    return obj

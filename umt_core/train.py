@@ -88,7 +88,7 @@ from .device import cpu_has_native_bf16
 from .metrics import read_metrics
 from .model import N_CLASSES, UMTN, UNIFORM_LOSS, copy_shared_weights
 from .options import non_negative_int, positive_int
-from .paths import atomic_path, resolve, write_text_atomic
+from .paths import atomic_path, json_safe, resolve, write_text_atomic
 from .run_lock import RunLock
 
 # The spike test needs some history: the running median of fewer steps is noise.
@@ -128,21 +128,6 @@ def config_differences(stored: Config, requested: Config) -> dict[str, tuple[Any
     """Dotted field -> (stored, requested) for every field that differs."""
     a, b = _flat(stored.to_dict()), _flat(requested.to_dict())
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
-
-
-def _finite_or_none(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN/inf are not JSON: they are written as null."""
-    if isinstance(obj, float):
-        return _finite_or_none(obj)
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def corrupt_codes(codes: torch.Tensor, share: float, seed: int, step: int, domain: int,
@@ -312,7 +297,7 @@ class RunFiles:
     def event(self, kind: str, step: int, epoch: int, **fields: Any) -> None:
         if not self.active:
             return
-        obj = _json_safe({"event": kind, "time": time.time(), "step": step, "epoch": epoch,
+        obj = json_safe({"event": kind, "time": time.time(), "step": step, "epoch": epoch,
                           **fields})
         if self._metrics is not None:
             self._metrics.write(json.dumps(obj, allow_nan=False) + "\n")

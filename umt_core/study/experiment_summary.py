@@ -161,6 +161,14 @@ def markdown(name: str, description: str, settings: list[dict[str, Any]]) -> str
     return "\n".join(lines) + "\n"
 
 
+def _seed_values(setting: dict[str, Any], key: str) -> dict[str, float]:
+    """{run: value} of one figure of a setting, the runs that have a finite value."""
+    row = next((r for r in setting["rows"] if r["key"] == key), None)
+    return {} if row is None else {
+        run: v["value"] for run, v in row["runs"].items()
+        if v is not None and isinstance(v["value"], int | float) and math.isfinite(v["value"])}
+
+
 def figure(settings: list[dict[str, Any]], path: Path, title: str) -> bool:
     """One panel per headline figure: a dot per seed, a bar at the mean per setting.
     False (and nothing written) when there is nothing to draw."""
@@ -169,17 +177,8 @@ def figure(settings: list[dict[str, Any]], path: Path, title: str) -> bool:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    panels = []
-    for label, key in PANELS:
-        per = []
-        for s in settings:
-            row = next((r for r in s["rows"] if r["key"] == key), None)
-            vals = [] if row is None else [v["value"] for v in row["runs"].values()
-                                           if v is not None and isinstance(v["value"], int | float)
-                                           and math.isfinite(v["value"])]
-            per.append(vals)
-        if any(per):
-            panels.append((label, per))
+    panels = [(label, per) for label, key in PANELS
+              if any(per := [list(_seed_values(s, key).values()) for s in settings])]
     if not panels:
         return False
     names = [s["setting"] for s in settings]
@@ -199,14 +198,6 @@ def figure(settings: list[dict[str, Any]], path: Path, title: str) -> bool:
     return True
 
 
-def _seed_values(setting: dict[str, Any], key: str) -> dict[str, float]:
-    """{run: value} of one figure of a setting, the runs that have a finite value."""
-    row = next((r for r in setting["rows"] if r["key"] == key), None)
-    return {} if row is None else {
-        run: v["value"] for run, v in row["runs"].items()
-        if v is not None and isinstance(v["value"], int | float) and math.isfinite(v["value"])}
-
-
 def trade_off_points(settings: list[dict[str, Any]], x_key: str, y_key: str
                      ) -> list[list[tuple[float, float]]]:
     """Per setting, the (x, y) of each seed that has both figures."""
@@ -217,21 +208,28 @@ def trade_off_points(settings: list[dict[str, Any]], x_key: str, y_key: str
     return out
 
 
-def trade_off_figure(settings: list[dict[str, Any]], path: Path, x: tuple[str, str],
+def trade_off_figure(settings: list[dict[str, Any]], path: Path, x: tuple[str, str, str | None],
                      ys: list[tuple[str, str]], title: str) -> bool:
-    """One panel per (label, key) of `ys` against the figure `x` (label, key): a point per
-    seed, coloured by setting, and each setting's mean with ± one standard deviation
-    across its seeds on both axes. False (nothing written) without a seed that has both."""
+    """One panel per (label, key) of `ys` against the figure `x` (label, key, and the key
+    of a reference value of x drawn as a dashed line, or None): a point per seed,
+    coloured by setting, and each setting's mean with ± one standard deviation across
+    its seeds on both axes. False (nothing written) without a seed that has both."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    x_label, x_key, reference_key = x
     panels = [(y_label, per) for y_label, y_key in ys
-              if any(per := trade_off_points(settings, x[1], y_key))]
+              if any(per := trade_off_points(settings, x_key, y_key))]
     if not panels:
         return False
-    chance = [v for s in settings for v in _seed_values(s, "latent_probe_chance").values()]
+    reference = [v for s in settings for v in _seed_values(s, reference_key).values()
+                 ] if reference_key else []
+
+    def sd(values: list[float]) -> float:
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
     colours = plt.get_cmap("tab10")
     for ax, (y_label, per) in zip(axes[0], panels, strict=True):
@@ -241,15 +239,14 @@ def trade_off_figure(settings: list[dict[str, Any]], path: Path, x: tuple[str, s
             c = colours(i % 10)
             px, py = [p[0] for p in pts], [p[1] for p in pts]
             ax.scatter(px, py, color=c, s=16, alpha=0.6)
-            sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
             ax.errorbar(statistics.fmean(px), statistics.fmean(py), xerr=sd(px), yerr=sd(py),
                         color=c, marker="o", markersize=7, capsize=3,
                         label=f"{settings[i]['setting']} (n={len(pts)})")
-        if x[1] == "latent_probe_accuracy" and chance:
-            ax.axvline(statistics.fmean(chance), color="grey", ls="--", lw=1)
-            ax.text(statistics.fmean(chance), ax.get_ylim()[1], " chance", color="grey",
+        if reference:
+            ax.axvline(statistics.fmean(reference), color="grey", ls="--", lw=1)
+            ax.text(statistics.fmean(reference), ax.get_ylim()[1], " chance", color="grey",
                     fontsize=7, va="top")
-        ax.set_xlabel(x[0], fontsize=8)
+        ax.set_xlabel(x_label, fontsize=8)
         ax.set_ylabel(y_label, fontsize=8)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
@@ -297,9 +294,11 @@ def page(name: str, description: str, settings: list[dict[str, Any]], has_figure
             f'tables: <a href="README.md">README.md</a>.</p>\n</body></html>\n')
 
 
-# The trade-off figure of an experiment that has one: x, then the y of each panel.
+# The trade-off figure of an experiment that has one: x (label, key, key of its chance
+# level), then the y of each panel.
 TRADE_OFFS = {
-    "confusion": (("leakage: latent probe accuracy (source instrument)", "latent_probe_accuracy"),
+    "confusion": (("leakage: latent probe accuracy (source instrument)", "latent_probe_accuracy",
+                   "latent_probe_chance"),
                   [("notes kept (score)", "translation_notes_kept_score"),
                    ("classified as the target", "translation_instrument"),
                    ("closer to the target", "translation_closer_to_target")]),

@@ -38,7 +38,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from .. import data
 from ..config import parse_value
 from ..config import preset as config_preset
-from ..paths import project_root, resolve
+from ..paths import json_safe, project_root, resolve
 from . import cpu_experiment, experiment_summary
 from .report import (
     NotebookRun,
@@ -659,20 +659,8 @@ def _finish(report: StudyReport, root: Path, manifest: str, started: float, cont
     report.provenance["parameters"] = {nb.stem: nb.parameters for nb in report.notebooks}
     (out / "metrics.json").write_text(json.dumps(report.metrics, indent=2, allow_nan=False) + "\n")
     (out / "provenance.json").write_text(
-        json.dumps(_strict_json(report.provenance), indent=2, allow_nan=False) + "\n")
+        json.dumps(json_safe(report.provenance, str), indent=2, allow_nan=False) + "\n")
     (out / "index.html").write_text(index_html(report), encoding="utf-8")
-
-
-def _strict_json(obj: Any) -> Any:
-    """`obj` with each non-finite float as the text a -p parameter takes back ("inf",
-    "-inf", "nan"): JSON has no such numbers, and a strict reader refuses Python's."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_strict_json(v) for v in obj]
-    return obj
 
 
 def experiment_runs(name: str, manifest: str | None, overrides: dict[str, Any] | None,
