@@ -394,6 +394,46 @@ def test_step_only_metrics_give_epoch_values(tmp_path):
     assert a.best["split"].tolist() == ["train"]
 
 
+def _epochs_log(path, val_curves):
+    """A metrics.jsonl of one fresh run per entry, its epochs' validation losses as given
+    (train losses 1.2x higher, a non-finite train loss where the value is inf)."""
+    lines, t = [], 0.0
+    for curve in val_curves:
+        lines.append({"event": "start", "time": t, "step": 0, "epoch": 0, "config": {},
+                      "fresh": True, "world_size": 1})
+        for e, v in enumerate(curve):
+            t += 1.0
+            train_loss = None if v == math.inf else v * 1.2
+            lines.append({"event": "epoch", "time": t, "step": 10 * (e + 1), "epoch": e,
+                          "train_recon": {"a": train_loss, "b": train_loss},
+                          "val_recon": {"a": min(v, 5.3), "b": min(v, 5.3)},
+                          "val_classifier_acc": 0.5})
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def test_never_learned_is_told_apart_from_divergence(tmp_path):
+    """A run that blew up before it learned anything (the batch-32, lr 3e-2 picture) is
+    neither missed nor called a divergence; one that learned and came back is a
+    divergence only; one that learned is neither; one logged epoch is too little."""
+    p = tmp_path / "metrics.jsonl"
+    _epochs_log(p, [[40.0, 5.3, math.inf, math.inf],  # blown up from the first epoch
+                    [4.0, 3.5, 3.2, 5.4, 5.5],       # learned, then diverged
+                    [4.0, 3.5, 3.2, 3.0],            # learned
+                    [5.4]])                          # one epoch: not enough to say
+    a = A.analyze(p)
+    n = a.never_learned
+    assert n["run"].tolist() == [0]
+    assert (n["first_epoch"].iloc[0], n["last_epoch"].iloc[0], n["epochs"].iloc[0]) == (0, 3, 4)
+    assert n["split"].iloc[0] == "val" and n["best_recon"].iloc[0] == pytest.approx(5.3)
+    assert a.divergence["run"].tolist() == [1]
+    text = A.summarize(a)
+    assert "Run 0 never learned" in text and "Run 1 diverged at epoch 3" in text
+    assert "Run 2 never" not in text and "Run 3 never" not in text
+    assert "run 0: epochs 0-3 (4 logged), NEVER LEARNED" in A.format_report(a)
+    assert A.analyze(p, uniform_tol=0.1).never_learned.empty  # 5.3 is learning at tol 0.1
+    assert a.to_json()["never_learned"][0]["run"] == 0
+
+
 def test_mixed_sources_and_json(metrics_run, reference_log):
     a = A.analyze([EXCERPT, metrics_run, reference_log[0]])
     assert a.runs["index"].tolist() == list(range(2 + 3 + 4))
@@ -467,6 +507,7 @@ def test_notebook_on_the_reference_excerpt(tmp_path):
                             results_dir=str(tmp_path / "results"))
     assert figures["sources"] == 1 and figures["runs"] == 2 and figures["restarted_runs"] == 1
     assert figures["spikes"] == 4 and figures["divergence_onsets"] == "run 1: epoch 369"
+    assert figures["never_learned_runs"] == 0  # run 1 learned before it diverged
     assert (figures["best_run"], figures["best_epoch"]) == (0, 407)
     assert figures["best_loss"] == pytest.approx(1.5033, abs=1e-4)
     assert all(isinstance(v, (int, float, str)) for v in figures.values())
@@ -482,5 +523,6 @@ def test_notebook_on_a_run_beside_a_reference_log(tmp_path, metrics_run, referen
     assert figures["restarted_runs"] == 1 + 2 and figures["resumed_runs"] == 1 + 1
     assert figures["spikes"] == 1 + 2
     assert figures["divergence_onsets"] == "run 2: epoch 5; run 5: epoch 15"
+    assert figures["this_run_never_learned"] == 0 and figures["never_learned_runs"] == 0
     # The best of the first source (this project's run): losses of other data not compared.
     assert figures["best_run"] in (0, 1) and figures["best_loss"] < 3

@@ -754,29 +754,58 @@ def mean_recon(epochs: pd.DataFrame) -> pd.DataFrame:
             .reset_index())
 
 
-def find_divergence(log: LossLog, epochs: pd.DataFrame | None = None, *, tol: float = 0.5,
-                    min_epochs: int = 2) -> pd.DataFrame:
-    """Runs of WaveNet decoders whose losses, once learned below ln 256 - tol, came back to within `tol` of
-    ln 256 (or above, or non-finite) and stayed there until the end of the lineage for at
-    least `min_epochs` logged epochs. Reports the onset epoch and whether the domain
-    classifier's held-out accuracy then stayed at one value."""
-    epochs = epoch_table(log) if epochs is None else epochs
+def _uniform_tails(log: LossLog, epochs: pd.DataFrame, tol: float):
+    """For each WaveNet lineage: (lineage, its mean losses, the epochs' table of them by
+    split, and i, where the trailing stretch of epochs with every split within `tol` of
+    ln 256 (or above, or non-finite) begins; i == len: the last epoch is not there)."""
     means = mean_recon(epochs)
     # only a cross-entropy has ln 256 as the level of a uniform guess
     spectral = set(log.runs.loc[log.runs["decoder"] != "wavenet", "lineage"])
-    out = []
     for lin, g in means.groupby("lineage", sort=True):
         if lin in spectral:
             continue
         wide = g.pivot_table(index=["run", "epoch"], columns="split", values="mean_recon",
                              aggfunc="last").sort_index()
         near = (wide >= UNIFORM_LOSS - tol).all(axis=1).to_numpy()
-        if len(near) < min_epochs or not near[-1]:
-            continue
         i = len(near)
         while i > 0 and near[i - 1]:
             i -= 1
-        if len(near) - i < min_epochs or i == 0:  # too short, or never learned at all
+        yield lin, g, wide, i
+
+
+def find_never_learned(log: LossLog, epochs: pd.DataFrame | None = None, *,
+                       tol: float = 0.5, min_epochs: int = 2) -> pd.DataFrame:
+    """Runs of WaveNet decoders whose losses never came below ln 256 - tol in at least
+    `min_epochs` logged epochs: a model that blew up (or never started) before it learned
+    anything. Not a divergence, which needs something learned first."""
+    epochs = epoch_table(log) if epochs is None else epochs
+    out = []
+    for lin, g, wide, i in _uniform_tails(log, epochs, tol):
+        if i != 0 or len(wide) < min_epochs:
+            continue
+        (run, first), last = wide.index[0], wide.index[-1][1]
+        split = _heldout_split(list(wide.columns))
+        held = wide[split].to_numpy()
+        held = held[np.isfinite(held)]
+        out.append({"run": int(run), "lineage": int(lin), "first_epoch": int(first),
+                    "last_epoch": int(last), "epochs": len(wide), "split": split,
+                    "best_recon": float(held.min()) if held.size else math.inf,
+                    "x": float(g["x"].iloc[0])})
+    return pd.DataFrame(out, columns=["run", "lineage", "first_epoch", "last_epoch", "epochs",
+                                      "split", "best_recon", "x"])
+
+
+def find_divergence(log: LossLog, epochs: pd.DataFrame | None = None, *, tol: float = 0.5,
+                    min_epochs: int = 2) -> pd.DataFrame:
+    """Runs of WaveNet decoders whose losses, once learned below ln 256 - tol, came back to within `tol` of
+    ln 256 (or above, or non-finite) and stayed there until the end of the lineage for at
+    least `min_epochs` logged epochs. Reports the onset epoch and whether the domain
+    classifier's held-out accuracy then stayed at one value. (A run that never learned is
+    `find_never_learned`'s.)"""
+    epochs = epoch_table(log) if epochs is None else epochs
+    out = []
+    for lin, g, wide, i in _uniform_tails(log, epochs, tol):
+        if len(wide) - i < min_epochs or i == 0:  # too short, or never learned at all
             continue
         run, onset = wide.index[i]
         tail = wide.iloc[i:]
@@ -827,6 +856,7 @@ class LossAnalysis:
     divergence: pd.DataFrame
     best: pd.DataFrame
     parameters: dict[str, Any]
+    never_learned: pd.DataFrame
 
     @property
     def runs(self) -> pd.DataFrame:
@@ -839,6 +869,7 @@ class LossAnalysis:
             "runs": runs.to_dict("records"),
             "spikes": self.spikes.drop(columns=["x"]).to_dict("records"),
             "divergence": self.divergence.drop(columns=["x"]).to_dict("records"),
+            "never_learned": self.never_learned.drop(columns=["x"]).to_dict("records"),
             "best": self.best.drop(columns=["x"]).to_dict("records"),
             "rollbacks": self.log.events,
             "columns": self.log.columns,
@@ -864,6 +895,7 @@ def analyze(sources: Sequence[str | Path] | str | Path | LossLog,
         best_epochs(log, epochs),
         {"window": window, "z": z, "floor": floor, "uniform_tol": uniform_tol,
          "min_diverged_epochs": min_diverged_epochs, "ln256": UNIFORM_LOSS},
+        find_never_learned(log, epochs, tol=uniform_tol, min_epochs=min_diverged_epochs),
     )
 
 
@@ -928,6 +960,12 @@ def summarize(a: LossAnalysis, max_spikes: int = 4) -> str:
                    f"a model that outputs noise, and {acc}.")
     if not len(a.divergence):
         out.append("No run diverged.")
+    for n in a.never_learned.itertuples():
+        out.append(f"Run {n.run} never learned: in all {n.epochs} logged epochs "
+                   f"({n.first_epoch}-{n.last_epoch}) its losses stayed within "
+                   f"{a.parameters['uniform_tol']:g} of ln 256 or above (best {n.split} "
+                   f"loss {n.best_recon:.2f}), from the start; not a divergence, which needs "
+                   "something learned first.")
     if len(a.best):
         out.append("Best epochs: " + "; ".join(
             f"run {b.run} epoch {b.epoch} (mean {b.split} reconstruction loss "
@@ -985,6 +1023,7 @@ def format_report(a: LossAnalysis) -> str:
     lines = []
     best = a.best.set_index("run")
     div = a.divergence.set_index("run")
+    never = a.never_learned.set_index("run")
     for source, counts in a.log.lines.items():
         runs = a.runs[a.runs["source"] == source]
         doms = next((d for d in runs["domains"] if d), [])
@@ -1006,6 +1045,8 @@ def format_report(a: LossAnalysis) -> str:
                 notes.append(f"DIVERGED at epoch {int(d['onset_epoch'])}" + (
                     f" (classifier accuracy stuck at {d['classifier_acc']:.3f})"
                     if d["classifier_acc_stuck"] else ""))
+            if r.index in never.index:
+                notes.append("NEVER LEARNED (losses near ln 256 or above from the start)")
             if r.index in best.index:
                 b = best.loc[r.index]
                 notes.append(f"best epoch {int(b['epoch'])} (mean {b['split']} recon "

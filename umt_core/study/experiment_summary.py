@@ -59,6 +59,8 @@ EXTRA_SPECS = CLOSEST_SPECS + [
     ("loss spikes in the log", "03_loss_analysis", "this_run_spikes", None),
     ("diverged (validation loss back at ln 256)", "03_loss_analysis",
      "this_run_divergent_runs", None),
+    ("never learned (validation loss never below ln 256 - 0.5)", "03_loss_analysis",
+     "this_run_never_learned", None),
 ]
 # The figure's panels: (label, key of a row in the tables).
 PANELS = [("notes kept (score)", "translation_notes_kept_score"),
@@ -336,9 +338,10 @@ FINDINGS = [
       "translation_source_chroma", "translation_notes_kept_score", "latent_probe_accuracy"]),
     ("batch", "Does a smaller batch make spikes and divergence more likely?",
      ["this_run_spikes", "skipped_steps", "rollbacks", "this_run_divergent_runs",
-      "best_val_recon"]),
+      "this_run_never_learned", "best_val_recon"]),
     ("divergence", "What is the smallest change that makes training diverge?",
-     ["this_run_divergent_runs", "this_run_spikes", "skipped_steps", "best_val_recon"]),
+     ["this_run_divergent_runs", "this_run_never_learned", "this_run_spikes",
+      "skipped_steps", "rollbacks", "best_val_recon"]),
     ("confusion", "Where is the trade-off of the domain-confusion weight?",
      ["latent_probe_accuracy", "translation_notes_kept_score", "translation_instrument"]),
 ]

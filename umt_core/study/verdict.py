@@ -122,7 +122,8 @@ def reference_note(metrics: dict[str, dict[str, Any]], results_dir: Path) -> str
         return ""
     own = ", ".join(f"{k.removeprefix('this_run_').replace('_', ' ')} {figures[k]}"
                     for k in ("this_run_spikes", "this_run_divergent_runs",
-                              "this_run_restarted_runs") if k in figures)
+                              "this_run_never_learned", "this_run_restarted_runs")
+                    if k in figures)
     return (f'<p class="reference">The loss analysis (03) also reads bundled reference '
             f"material, <code>{html.escape(str(bundled))}</code>: an excerpt of the reference "
             f"implementation's training log. Its runs, restarts, spikes and divergent run are "
@@ -168,4 +169,4 @@ def is_reference_figure(stem: str, key: str) -> bool:
     """Figures of notebook 03 that count the bundled reference log with the run."""
     return stem == "03_loss_analysis" and key in (
         "sources", "runs", "restarted_runs", "resumed_runs", "spikes", "divergent_runs",
-        "divergence_onsets", "best_by_run", "skipped_lines")
+        "divergence_onsets", "never_learned_runs", "best_by_run", "skipped_lines")
