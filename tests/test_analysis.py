@@ -526,3 +526,29 @@ def test_notebook_on_a_run_beside_a_reference_log(tmp_path, metrics_run, referen
     assert figures["this_run_never_learned"] == 0 and figures["never_learned_runs"] == 0
     # The best of the first source (this project's run): losses of other data not compared.
     assert figures["best_run"] in (0, 1) and figures["best_loss"] < 3
+
+
+def test_notebook_replays_the_guard_over_a_guard_off_run(tmp_path):
+    """A run trained without the guard: notebook 03 says where the guard would first have
+    acted (a spike of 100x at step 12 after steady steps); a guarded run gets no replay."""
+    def write(run_dir, guard):
+        run_dir.mkdir()
+        lines = [{"event": "start", "time": 0.0, "step": 0, "epoch": 0, "fresh": True,
+                  "world_size": 1, "config": {"train": {"guard": guard, "spike_factor": 10.0,
+                                                        "spike_window": 50}}}]
+        for s in range(1, 21):
+            loss = 300.0 if s == 12 else 3.0 - 0.01 * s
+            lines.append({"event": "step", "time": float(s), "step": s, "epoch": (s - 1) // 10,
+                          "recon": {"piano": loss, "cello": loss}, "classifier_acc": 0.5})
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        return run_dir
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    off = _run_notebook(tmp_path / "a", run_dir=str(write(tmp_path / "off", False)),
+                        sources=[], results_dir=str(tmp_path / "a" / "results"))
+    assert (off["this_run_guard_would_act"], off["guard_replay_first_step"]) == (1, 12)
+    assert off["guard_replay_steps"] == 11
+    on = _run_notebook(tmp_path / "b", run_dir=str(write(tmp_path / "on", True)),
+                       sources=[], results_dir=str(tmp_path / "b" / "results"))
+    assert "this_run_guard_would_act" not in on and "guard_replay_first_step" not in on

@@ -23,7 +23,7 @@ from umt_core.checkpoint import load_checkpoint, load_model
 from umt_core.config import preset
 from umt_core.data.sampling import VALIDATION_STREAM, DomainAudio, SegmentSampler
 from umt_core.model import UNIFORM_LOSS
-from umt_core.train import Trainer, build_model, read_metrics, train
+from umt_core.train import Trainer, build_model, read_metrics, replay_guard, train
 
 TESTS = Path(__file__).resolve().parent
 DOMAINS = ["piano", "cello", "flute"]
@@ -418,6 +418,56 @@ def test_without_the_guard_spikes_are_taken_and_uniform_output_is_only_logged(
     assert summary["rollbacks"] == 0 and summary["steps"] == 8
     spiked = next(e for e in events if e["event"] == "step" and e["step"] == 7)
     assert sum(spiked["recon"].values()) > 100  # the spike was taken
+    # the guard would have refused that step first (the ln 256 validation comes after it)
+    assert replay_guard(tmp_path / "metrics.jsonl") == {
+        "steps": 6, "first_step": 7, "reason": "spike", "stopped_at": None}
+
+
+def _steps_of(run_dir: Path) -> list[tuple[int, dict]]:
+    return [(e["step"], e["recon"]) for e in read_metrics(run_dir / "metrics.jsonl")
+            if e["event"] == "step"]
+
+
+def test_the_guard_changes_a_run_only_where_the_replay_says(tmp_path, data, monkeypatch):
+    """Why the batch experiment's guard-on arm can be read off its guard-off twin: with no
+    step the guard would refuse, guard on and off are the same run bit for bit; with a
+    spike at step 7 they are the same up to it, and the guard-on run skips exactly the
+    step that replay_guard names."""
+    def run(name, guard, spike_at=None):
+        real_loss = fw.recon_loss_sum
+        current = {"step": 1}
+
+        def on_event(e):
+            if e["event"] in ("step", "skip"):
+                current["step"] = e["step"] + 1
+
+        def recon_loss_sum(decoder, codes, z, fast=True, inputs=None):
+            loss = real_loss(decoder, codes, z, fast, inputs=inputs)
+            return (loss * 100.0 if torch.is_grad_enabled() and current["step"] == spike_at
+                    else loss)
+
+        monkeypatch.setattr(fw, "recon_loss_sum", recon_loss_sum)
+        cfg = smoke(**{"train.steps_per_epoch": 3, "train.guard": guard})
+        train(cfg, tmp_path / name, train_data=data, steps=8, progress=False,
+              on_event=on_event)
+        monkeypatch.setattr(fw, "recon_loss_sum", real_loss)
+        return tmp_path / name
+
+    on, off = run("on", True), run("off", False)
+    assert replay_guard(off / "metrics.jsonl") == {
+        "steps": 8, "first_step": None, "reason": None, "stopped_at": None}
+    assert _steps_of(on) == _steps_of(off)
+    assert _same(load_checkpoint(on / "checkpoints" / "last.pt")["model"],
+                 load_checkpoint(off / "checkpoints" / "last.pt")["model"])
+
+    on, off = run("on-spike", True, spike_at=7), run("off-spike", False, spike_at=7)
+    replay = replay_guard(off / "metrics.jsonl")
+    assert (replay["first_step"], replay["reason"], replay["steps"]) == (7, "spike", 6)
+    skips = [e["step"] for e in read_metrics(on / "metrics.jsonl") if e["event"] == "skip"]
+    assert skips == [7]  # the guard needs 5 steps of history: no spike before step 6
+    assert _steps_of(on)[:6] == _steps_of(off)[:6]
+    assert _steps_of(on)[6] != _steps_of(off)[6]
+    assert replay_guard(on / "metrics.jsonl") is None  # its own skip events say it
 
 
 # --------------------------------------------------------------------------- distributed

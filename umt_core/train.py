@@ -81,7 +81,15 @@ from tqdm.auto import tqdm
 from . import data
 from . import forward as fw
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
-from .config import PRECISIONS, PRESETS, Config, apply_overrides, parse_overrides, preset
+from .config import (
+    PRECISIONS,
+    PRESETS,
+    Config,
+    TrainConfig,
+    apply_overrides,
+    parse_overrides,
+    preset,
+)
 from .data.identity import ALLOW_FLAG, check_same_data, dataset_identity, identity_summary
 from .data.sampling import TRAIN_STREAM, VALIDATION_STREAM, DomainAudio, SegmentSampler, prefetch
 from .device import cpu_has_native_bf16
@@ -128,6 +136,53 @@ def config_differences(stored: Config, requested: Config) -> dict[str, tuple[Any
     """Dotted field -> (stored, requested) for every field that differs."""
     a, b = _flat(stored.to_dict()), _flat(requested.to_dict())
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def is_spike(step_loss: float, window: Sequence[float], factor: float) -> bool:
+    """The guard's spike rule: enough accepted steps behind it, and a step loss above
+    `factor` times their median."""
+    return len(window) >= MIN_SPIKE_HISTORY and step_loss > factor * statistics.median(window)
+
+
+def replay_guard(metrics: str | Path) -> dict[str, Any] | None:
+    """What the divergence guard would have done to a run trained without it
+    (train.guard false), read from its metrics.jsonl: the first accepted step whose loss
+    the guard would have refused as a spike, or the first validation it would have rolled
+    back from (the run's `diverged` events). The guard changes nothing else, so up to that
+    point the same run with the guard is this run, step for step; after it nothing can be
+    said. A roll-back that both would do (`max_bad_steps` non-finite steps in a row)
+    restores a window the log does not hold, so the replay stops there.
+
+    Returns {"steps": accepted steps replayed, "first_step": the step (None: never),
+    "reason": "spike" or "validation back at ln 256" (None), "stopped_at": the step of a
+    roll-back that ended the replay (None)}; None for a run trained with the guard, whose
+    own skip and divergence events say what it did."""
+    events = read_metrics(metrics)
+    starts = [e for e in events if e.get("event") == "start"]
+    if not starts:
+        raise ValueError(f"{metrics}: no start event, so no training configuration to replay; "
+                         "give the metrics.jsonl of a training run")
+    tc = starts[0].get("config", {}).get("train", {})
+    if tc.get("guard", True):
+        return None
+    factor = float(tc.get("spike_factor", TrainConfig.spike_factor))
+    window: deque[float] = deque(maxlen=int(tc.get("spike_window", TrainConfig.spike_window)))
+    out: dict[str, Any] = {"steps": 0, "first_step": None, "reason": None, "stopped_at": None}
+    for i, e in enumerate(events):
+        kind = e.get("event")
+        if kind == "start" and e.get("fresh") and i:  # trained again from scratch
+            window.clear()
+        elif kind == "step":
+            loss = sum(e["recon"].values()) / len(e["recon"])
+            if is_spike(loss, window, factor):
+                return {**out, "first_step": int(e["step"]), "reason": "spike"}
+            window.append(loss)
+            out["steps"] += 1
+        elif kind == "diverged":
+            return {**out, "first_step": int(e["step"]), "reason": "validation back at ln 256"}
+        elif kind == "divergence":
+            return {**out, "stopped_at": int(e["step"])}
+    return out
 
 
 def corrupt_codes(codes: torch.Tensor, share: float, seed: int, step: int, domain: int,
@@ -643,8 +698,7 @@ class Trainer:
         if not (math.isfinite(step_loss) and math.isfinite(float(stats.adversarial_ce))
                 and math.isfinite(grad_norm)):
             reason = "nonfinite"
-        elif (tc.guard and len(self.window) >= MIN_SPIKE_HISTORY
-              and step_loss > tc.spike_factor * statistics.median(self.window)):
+        elif tc.guard and is_spike(step_loss, self.window, tc.spike_factor):
             reason = "spike"
         if reason is not None:
             m.domain_classifier.load_state_dict(classifier_state[0])

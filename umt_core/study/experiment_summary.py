@@ -61,6 +61,8 @@ EXTRA_SPECS = CLOSEST_SPECS + [
      "this_run_divergent_runs", None),
     ("never learned (validation loss never below ln 256 - 0.5)", "03_loss_analysis",
      "this_run_never_learned", None),
+    ("guard-off runs the guard would have changed (replay of its rule)", "03_loss_analysis",
+     "this_run_guard_would_act", None),
 ]
 # The figure's panels: (label, key of a row in the tables).
 PANELS = [("notes kept (score)", "translation_notes_kept_score"),
@@ -337,11 +339,11 @@ FINDINGS = [
       "source_closer_to_target", "shaped_noise_closer_to_target",
       "translation_source_chroma", "translation_notes_kept_score", "latent_probe_accuracy"]),
     ("batch", "Does a smaller batch make spikes and divergence more likely?",
-     ["this_run_spikes", "skipped_steps", "rollbacks", "this_run_divergent_runs",
-      "this_run_never_learned", "best_val_recon"]),
+     ["this_run_spikes", "skipped_steps", "rollbacks", "this_run_guard_would_act",
+      "this_run_divergent_runs", "this_run_never_learned", "best_val_recon"]),
     ("divergence", "What is the smallest change that makes training diverge?",
      ["this_run_divergent_runs", "this_run_never_learned", "this_run_spikes",
-      "skipped_steps", "rollbacks", "best_val_recon"]),
+      "skipped_steps", "rollbacks", "this_run_guard_would_act", "best_val_recon"]),
     ("confusion", "Where is the trade-off of the domain-confusion weight?",
      ["latent_probe_accuracy", "translation_notes_kept_score", "translation_instrument"]),
 ]
