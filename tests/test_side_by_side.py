@@ -98,6 +98,28 @@ def test_the_page_shows_both_models_figures_and_the_same_clips(tmp_path):
     assert '<a href="cpu-spectral/index.html">' in page
 
 
+def test_the_page_says_whether_its_runs_shared_the_machine(tmp_path):
+    """The budgets are minutes: the page must not call two runs made hours apart a
+    side-by-side comparison. Their starts (provenance) decide; a missing run is named."""
+    def started(preset, when):
+        f = tmp_path / "results" / preset / "provenance.json"
+        f.write_text(json.dumps({**json.loads(f.read_text()), "started": when}))
+
+    for p in sbs.DEFAULT_PRESETS:
+        _fake_results(tmp_path, p)
+    started("cpu", "2026-11-30T20:54:49+00:00")
+    started("cpu-spectral", "2026-11-30T20:54:52+00:00")
+    page = sbs.side_by_side_html(tmp_path, list(sbs.DEFAULT_PRESETS))
+    assert "trained at the same time" in page and "separate runs" not in page
+    started("cpu-spectral", "2026-12-01T09:00:00+00:00")
+    page = sbs.side_by_side_html(tmp_path, list(sbs.DEFAULT_PRESETS))
+    assert "separate runs" in page and "trained at the same time" not in page
+    assert "2026-12-01T09:00:00+00:00" in page  # each column's start is shown
+    (tmp_path / "results" / "cpu-spectral" / "provenance.json").unlink()
+    page = sbs.side_by_side_html(tmp_path, list(sbs.DEFAULT_PRESETS))
+    assert "a preset still to run" in page and "trained at the same time" not in page
+
+
 def test_the_page_says_when_there_is_nothing_to_compare(tmp_path):
     page = sbs.side_by_side_html(tmp_path, ["cpu", "cpu-spectral"])
     assert "No example clip is shared" in page and "missing" in page

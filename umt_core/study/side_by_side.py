@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,29 @@ def _spectrogram_tag(path: Path) -> str:
     return f'<img alt="log-mel spectrogram" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
+# Runs whose starts lie this close were trained together (one side-by-side study).
+TOGETHER_S = 600
+
+
+def how_trained(provenance: dict[str, dict[str, Any]]) -> str:
+    """Whether the page's runs shared the machine, read from their provenance (a
+    side-by-side study starts its children within seconds of each other): the runs'
+    budgets are minutes, so their figures depend on the cores each one had."""
+    starts = {}
+    for preset, prov in provenance.items():
+        try:
+            starts[preset] = datetime.fromisoformat(str(prov["started"])).timestamp()
+        except (KeyError, ValueError):
+            return ("Not every run has been made (or its provenance.json is missing): a "
+                    "column without figures is a preset still to run.")
+    if max(starts.values()) - min(starts.values()) <= TOGETHER_S:
+        return ("The models were trained at the same time on the same data, domains and "
+                "machine, its cores shared out.")
+    return ("The models were trained in separate runs (each column's start and command "
+            "are below): the same data and domains, but not side by side, so a budget in "
+            "minutes bought each run what the machine gave it then.")
+
+
 def side_by_side_html(root: Path, presets: list[str], wall_minutes: float | None = None,
                       name: str | None = None) -> str:
     e = html.escape
@@ -224,6 +248,7 @@ def side_by_side_html(root: Path, presets: list[str], wall_minutes: float | None
     rows += [["git commit", *[e(str(prov[p].get("git", {}).get("commit", "-"))[:10]
                                 + (" + uncommitted" if prov[p].get("git", {}).get("dirty") else ""))
                               for p in presets]],
+             ["started", *[e(str(prov[p].get("started", "-"))) for p in presets]],
              ["status", *[e(str(prov[p].get("status", "missing"))) for p in presets]]]
     numeric = set(range(1, len(heads)))
 
@@ -250,10 +275,9 @@ def side_by_side_html(root: Path, presets: list[str], wall_minutes: float | None
 <html lang="en"><head><meta charset="utf-8">
 <title>UMT study: side by side</title><style>{_CSS}</style></head><body>
 <h1>Universal Music Translation Network: the default study</h1>
-<p>Two models trained at the same time on the same data, domains and machine (one core
-each), evaluated on the same paired test clips with the same calibrated criteria
-(thresholds chosen on the validation works; Wilson intervals on rates, a bootstrap over
-works on means):</p>
+<p>{e(how_trained(prov), quote=False)} Both are evaluated on the same paired test clips
+with the same calibrated criteria (thresholds chosen on the validation works; Wilson
+intervals on rates, a bootstrap over works on means):</p>
 <ul>{described}</ul>
 {wall}
 {command}
