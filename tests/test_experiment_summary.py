@@ -60,6 +60,10 @@ def test_summary_spreads_each_settings_seeds_and_skips_unevaluated_ones(tmp_path
     assert "0.80 [0.60, 0.90], n=1" in md  # the probe's rate keeps its interval (b-seed1)
     page = (out / "index.html").read_text()
     assert 'href="../exp/a-seed3/index.html"' in page and 'src="figure.png"' in page
+    # The variants still to run are named, with the one command that runs them.
+    command = "python -m umt_core study --experiment exp --variants b-seed2,c-seed1"
+    assert "b (seed 2); c (seed 1)" in md and f"`{command}`" in md
+    assert f"<code>{command}</code>" in page and "a (seed" not in page
 
 
 def test_what_a_translation_is_closest_to_is_read_beside_its_calibration_rows(tmp_path):

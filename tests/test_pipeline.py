@@ -375,16 +375,24 @@ def test_every_comparison_trains_each_setting_with_three_seeds_and_valid_overrid
     weights = {p["train.confusion_weight"] for p in confusion.variants.values()}
     assert {0.0, 1e-2} <= weights  # no confusion term, and the paper's weight
     # The divergence search: every change is one step from the report's setting (lr 1e-3,
-    # clip 1, guard off), at batch 8 and 32 with the same samples seen.
+    # clip 1, guard off), at batch 8 and 32 with the same samples seen; the guarded arm
+    # differs from its guard-off twin by the guard alone.
     divergence = EXPERIMENTS["divergence"].variants
     seen = set()
     for variant, params in divergence.items():
         cfg = config_preset("cpu", {k: v for k, v in params.items() if "." in k})
-        assert cfg.train.guard is False and cfg.train.max_minutes == 0
+        assert cfg.train.max_minutes == 0
+        if "-guard-" in variant:
+            assert cfg.train.guard is True
+            assert divergence[variant.replace("-guard", "")] == {**params, "train.guard": False}
+            continue
+        assert cfg.train.guard is False
         assert (cfg.train.lr == 1e-3) != (cfg.train.grad_clip == 1.0), variant
         seen.add(cfg.train.batch_per_domain * cfg.train.epochs * cfg.train.steps_per_epoch)
     assert len(seen) == 1
     assert {p["train.batch_per_domain"] for p in divergence.values()} == {8, 32}
+    assert {v for v in divergence if "-guard-" in v} == {
+        f"b{b}-lr3e-2-guard-seed{s}" for b in (8, 32) for s in SEEDS}
     assert batch["b8-guard-off-seed1"]["train.guard"] is False
     assert "train.guard" not in batch["b8-seed1"]
 

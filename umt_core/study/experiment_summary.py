@@ -124,6 +124,24 @@ def collect(root: Path, name: str, variants: list[str],
     return found
 
 
+def not_run(root: Path, name: str, variants: list[str]) -> list[str]:
+    """The experiment's own variants that have not been evaluated yet (no notebook 04
+    figures under results/<name>/<variant>/), in the experiment's order."""
+    return [v for v in variants if _load(root / "results" / name / v / "metrics.json") is None]
+
+
+def not_run_text(name: str, missing: list[str]) -> str:
+    """What a page says of the variants still to run: each setting's missing seeds and
+    the one command that runs them all."""
+    if not missing:
+        return ""
+    per_setting = "; ".join(f"{setting} (seed {', '.join(str(s) for s, _ in seeds)})"
+                            for setting, seeds in settings_of(missing).items())
+    return (f"Not run yet, so not in the tables: {per_setting}. Run them with "
+            f"`python -m umt_core study --experiment {name} --variants {','.join(missing)}`, "
+            f"then `--summarize`.")
+
+
 def _cell(row: dict[str, Any]) -> str:
     """A setting's figure in the side-by-side table: mean ± sd (range) over seeds, or the
     one seed's value with its interval."""
@@ -141,8 +159,11 @@ def side_by_side_rows(settings: list[dict[str, Any]]) -> list[list[str]]:
     return [[label] + [_cell(s["rows"][i]) for s in settings] for i, label in enumerate(labels)]
 
 
-def markdown(name: str, description: str, settings: list[dict[str, Any]]) -> str:
+def markdown(name: str, description: str, settings: list[dict[str, Any]],
+             missing: list[str] | None = None) -> str:
     lines = [f"# Experiment {name}", "", description, ""]
+    if missing:
+        lines += [not_run_text(name, missing), ""]
     if not settings:
         return "\n".join(lines + ["No variant has been evaluated yet.", ""])
     borrowed = [s for s in settings if s["from"] != name]
@@ -262,9 +283,12 @@ def trade_off_figure(settings: list[dict[str, Any]], path: Path, x: tuple[str, s
 
 
 def page(name: str, description: str, settings: list[dict[str, Any]], has_figure: bool,
-         has_trade_off: bool = False) -> str:
+         has_trade_off: bool = False, missing: list[str] | None = None) -> str:
     e = html.escape
     parts = [f"<h1>Experiment {e(name)}</h1>", f"<p>{e(description)}</p>"]
+    if missing:
+        parts.append("<p>" + re.sub(r"`([^`]+)`", r"<code>\1</code>",
+                                    e(not_run_text(name, missing))) + "</p>")
     if not settings:
         parts.append("<p>No variant has been evaluated yet.</p>")
     else:
@@ -315,15 +339,16 @@ def write_summary(root: Path, name: str, description: str, variants: list[str],
     """summary.json, README.md, figure.png and index.html under results/<name>/ (and
     trade_off.png for an experiment of TRADE_OFFS)."""
     settings = collect(root, name, variants, borrowed)
+    missing = not_run(root, name, variants)
     out = root / "results" / name
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "summary.json", json.dumps(
         {"experiment": name, "settings": settings}, indent=1, allow_nan=False) + "\n")
-    write_text_atomic(out / "README.md", markdown(name, description, settings))
+    write_text_atomic(out / "README.md", markdown(name, description, settings, missing))
     drawn = bool(settings) and figure(settings, out / "figure.png", f"Experiment {name}")
     traded = bool(settings) and name in TRADE_OFFS and trade_off_figure(
         settings, out / "trade_off.png", *TRADE_OFFS[name], f"Experiment {name}: the trade-off")
-    write_text_atomic(out / "index.html", page(name, description, settings, drawn, traded))
+    write_text_atomic(out / "index.html", page(name, description, settings, drawn, traded, missing))
     return settings
 
 

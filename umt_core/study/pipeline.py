@@ -517,12 +517,19 @@ def _divergence_experiment() -> Experiment:
         for lr in ("3e-3", "1e-2", "3e-2"):
             settings[f"b{batch}-lr{lr}"] = {**common, "train.lr": float(lr)}
         settings[f"b{batch}-noclip"] = {**common, "train.lr": 1e-3, "train.grad_clip": math.inf}
+        # The breaking point with the guard on: does refusing spikes and rolling back
+        # rescue what the guard-off runs lost? Each differs from its guard-off twin only
+        # there, and parts from it where `replay_guard` says the guard would act.
+        guarded = {k: v for k, v in settings[f"b{batch}-lr3e-2"].items() if k != "train.guard"}
+        settings[f"b{batch}-lr3e-2-guard"] = guarded
     return Experiment(
         "The smallest change that makes training diverge, from the report's setting (batch "
         "8 per domain, learning rate 1e-3, gradient values clipped at 1) with the guard "
         "off: a learning rate 3, 10 or 30 times higher, or no clipping; at batch 8 and 32 "
-        "with the same samples seen (3,200 segments per domain). Divergence: the validation "
-        "loss back at ln 256, the log analysis's criterion.",
+        "with the same samples seen (3,200 segments per domain); and the learning rate 30 times "
+        "higher with the guard on, to see whether it rescues what breaks. Divergence: the "
+        "validation loss back at ln 256 after learning, the log analysis's criterion; a run "
+        "that never got below it 'never learned'.",
         variants=_seeded(settings), summarize=_seeded_summary("divergence"))
 
 
