@@ -126,6 +126,24 @@ def test_the_default_studys_page_lists_each_experiment_or_how_to_run_it(tmp_path
     assert "0.15 ± 0.071 (0.1 to 0.2), n=2" in findings  # the decoders' spread over seeds
     assert 'href="decoders/index.html"' in findings
     assert "python -m umt_core study --experiment batch</code>" in findings  # not run yet
+    assert "<strong>" not in findings  # no README: no answers in words, and no failure
+
+
+def test_the_default_studys_page_carries_the_findings_in_words(tmp_path):
+    """The answers are written once, in results/README.md's Findings section; the default
+    study's page shows that section (rendered) and nothing of the sections around it."""
+    from umt_core.study.side_by_side import side_by_side_html
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "README.md").write_text(
+        "# Rendered studies\n\nThe folders.\n\n## Findings: the four questions\n\n"
+        "**1. Is the shared decoder the cause?** Yes: `python -m umt_core study`.\n\n"
+        "### A subsection\n\nStill a finding.\n\n## `cpu/`: a run\n\nNot a finding.\n")
+    findings = side_by_side_html(tmp_path, ["cpu", "cpu-spectral"]).split(
+        "Findings: the controlled experiments")[1]
+    assert "<strong>1. Is the shared decoder the cause?</strong>" in findings
+    assert "<code>python -m umt_core study</code>" in findings and "Still a finding." in findings
+    assert "Not a finding." not in findings and "The folders." not in findings
 
 
 def test_the_confusion_page_draws_its_trade_off_seed_by_seed(tmp_path):

@@ -374,12 +374,33 @@ FINDINGS = [
 ]
 
 
+# results/README.md's section of answers: from its heading to the next level-2 heading.
+FINDINGS_SECTION = re.compile(r"^## Findings[^\n]*\n(.*?)(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+
+
+def findings_words_html(results: Path) -> str:
+    """The Findings section of results/README.md (the questions answered in words, with
+    their figures, intervals and commands) as HTML, or "" when there is none: the page
+    shows the committed answers, written once."""
+    import mistune  # on use: only the default study's page needs it
+
+    try:
+        text = (results / "README.md").read_text(encoding="utf-8")
+    except OSError:
+        return ""
+    m = FINDINGS_SECTION.search(text)
+    section = m.group(1) if m else ""
+    return mistune.html(section) if section.strip() else ""
+
+
 def findings_html(results: Path) -> str:
-    """One short table per controlled experiment that has a summary (its headline rows,
-    each setting's mean ± sd over seeds), or the command that runs it; then the
-    generalisation page. For the default study's page."""
+    """The findings in words (results/README.md), then one short table per controlled
+    experiment that has a summary (its headline rows, each setting's mean ± sd over
+    seeds), or the command that runs it; then the generalisation page. For the default
+    study's page."""
     e = html.escape
-    parts = []
+    words = findings_words_html(results)
+    parts = [words] if words else []
     for name, question, keys in FINDINGS:
         try:
             settings = json.loads((results / name / "summary.json").read_text())["settings"]

@@ -275,7 +275,7 @@ def side_by_side_html(root: Path, presets: list[str], wall_minutes: float | None
 <html lang="en"><head><meta charset="utf-8">
 <title>UMT study: side by side</title><style>{_CSS}</style></head><body>
 <h1>Universal Music Translation Network: the default study</h1>
-<p>{e(how_trained(prov), quote=False)} Both are evaluated on the same paired test clips
+<p>{e(how_trained(prov), quote=False)} Every column is evaluated on the same paired test clips
 with the same calibrated criteria (thresholds chosen on the validation works; Wilson
 intervals on rates, a bootstrap over works on means):</p>
 <ul>{described}</ul>
@@ -289,8 +289,10 @@ against the paper: results/README.md.</p>
 <h2>The same test clips</h2>
 {clips}
 <h2>Findings: the controlled experiments</h2>
-<p>Each setting trained with three seeds on the same data and budget; mean ± sd over the
-seeds (range). What they answer, in words: results/README.md, section Findings.</p>
+<p>The report's questions answered in words (as in results/README.md), then each
+experiment's headline figures: every setting of an experiment trained on the same data
+and budget; each cell the mean ± sd over its seeds (range) and n, the number of seeds (a
+setting with one seed is a search point, not a comparison).</p>
 {findings_html(results)}
 </body></html>
 """
