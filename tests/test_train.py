@@ -386,6 +386,34 @@ def test_validation_back_at_uniform_output_rolls_back(tmp_path, data, monkeypatc
     assert _same(best["model"], last["model"])  # the weights of step 4, kept going from step 6
 
 
+def test_weights_broken_before_the_first_validation_roll_back_to_the_start(
+        tmp_path, data, monkeypatch):
+    """A learning rate that breaks the weights within the first epoch gives a first
+    validation far worse than a uniform guess (the divergence search at lr 3e-2: 74 and
+    130 nats). That is not a best checkpoint: the roll-back goes to the start, not to the
+    broken weights, and a later validation that beats it becomes best.pt as usual."""
+    values = iter([70.0, math.nan, 4.0])  # broken, still broken (non-finite), then learned
+
+    def validate(self):
+        v = next(values)
+        return {name: v for name in self.domains}, 0.5
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+    cfg = smoke(**{"train.steps_per_epoch": 2})
+    summary = train(cfg, tmp_path / "run", train_data=data, steps=6, progress=False)
+    div = [e for e in read_metrics(tmp_path / "run" / "metrics.jsonl")
+           if e["event"] == "divergence"]
+    assert len(div) == 1 and div[0]["step"] == 4 and div[0]["rolled_back_to_step"] == 0
+    assert summary["best_val"] == 4.0  # the learned validation, not 70
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["step"] == 6
+
+    # A run in which nothing beats the start keeps the start as best.pt.
+    values = iter([70.0, math.nan])
+    summary = train(cfg, tmp_path / "broken", train_data=data, steps=4, progress=False)
+    best = load_checkpoint(tmp_path / "broken" / "checkpoints" / "best.pt")
+    assert best["step"] == 0 and summary["best_val"] is None  # nothing beat the start
+
+
 def test_without_the_guard_spikes_are_taken_and_uniform_output_is_only_logged(
         tmp_path, data, monkeypatch):
     """train.guard=False, the control of the batch experiment: no skip for a spike, no

@@ -44,10 +44,15 @@ reconstruction loss exceeds ``spike_factor`` times the running median of the las
 ``skip`` event. ``max_bad_steps`` skips in a row, a non-finite validation loss, or a
 validation loss back within ``uniform_margin`` of ln 256 (the loss of a uniform
 output, i.e. noise) after the model had learned, roll the model and optimizers back
-to ``best.pt`` (or ``last.pt`` before the first validation), multiply the learning
+to ``best.pt``, multiply the learning
 rates by ``rollback_lr_factor`` and log a ``divergence`` event. Non-finite weights
 are never saved. ``guard=False`` (the reference's behaviour, for experiments) takes
 spikes and only logs a ``diverged`` event for a validation loss back at ln 256.
+
+``best.pt`` holds the weights a run starts from until a validation beats them: for the
+WaveNet decoder, a validation loss above ln 256 (worse than a uniform guess) never
+becomes best.pt. So a run whose weights broke before its first validation rolls back
+to its start, not to the broken weights that validation saw.
 """
 
 from __future__ import annotations
@@ -766,7 +771,8 @@ class Trainer:
             self.rollback(rollback)
 
     def rollback(self, reason: str) -> None:
-        """Back to best.pt (last.pt before the first validation) with lower learning rates."""
+        """Back to best.pt (the start until a validation beat it; last.pt in a run made
+        before best.pt was written at the start) with lower learning rates."""
         source = self.files.best if self.files.best.exists() else self.files.last
         self.group.barrier()
         state = load_checkpoint(source, map_location=self.device)
@@ -838,7 +844,8 @@ class Trainer:
             self.rollback(diverged)
         self.sched_model.step()
         self.sched_clf.step()
-        improved = diverged is None and val_loss < self.best_val
+        improved = (diverged is None and val_loss < self.best_val
+                    and not (self.cfg.model.decoder == "wavenet" and val_loss > UNIFORM_LOSS))
         if improved:
             self.best_val = val_loss
         self.save(best=improved)
@@ -1031,7 +1038,9 @@ def _run(cfg: Config, run_dir: Path, train_data, val_data, augment, group: Proce
         if source is not None:
             files.event("init", 0, 0, **{"from": str(init_from)}, new_domains=new_domains,
                         freeze_encoder=cfg.train.freeze_encoder)
-        trainer.save()  # step 0: something to roll back to before the first validation
+        # step 0: best.pt is the start until a validation beats it (what a roll-back
+        # before then goes back to)
+        trainer.save(best=True)
     _loop(trainer, target, progress and group.main)
     if trainer.saved_step != trainer.step:
         trainer.save()
