@@ -124,10 +124,11 @@ def collect(root: Path, name: str, variants: list[str],
     return found
 
 
-def not_run(root: Path, name: str, variants: list[str]) -> list[str]:
-    """The experiment's own variants that have not been evaluated yet (no notebook 04
-    figures under results/<name>/<variant>/), in the experiment's order."""
-    return [v for v in variants if _load(root / "results" / name / v / "metrics.json") is None]
+def not_run(name: str, variants: list[str], settings: list[dict[str, Any]]) -> list[str]:
+    """The experiment's own variants that `collect` found no evaluated run of, in the
+    experiment's order."""
+    evaluated = {run for s in settings for run in s["runs"]}
+    return [v for v in variants if f"{name}/{v}" not in evaluated]
 
 
 def not_run_text(name: str, missing: list[str]) -> str:
@@ -287,8 +288,9 @@ def page(name: str, description: str, settings: list[dict[str, Any]], has_figure
     e = html.escape
     parts = [f"<h1>Experiment {e(name)}</h1>", f"<p>{e(description)}</p>"]
     if missing:
-        parts.append("<p>" + re.sub(r"`([^`]+)`", r"<code>\1</code>",
-                                    e(not_run_text(name, missing))) + "</p>")
+        import mistune  # on use: only a page with runs still to make needs it
+
+        parts.append(mistune.html(not_run_text(name, missing)))
     if not settings:
         parts.append("<p>No variant has been evaluated yet.</p>")
     else:
@@ -339,7 +341,7 @@ def write_summary(root: Path, name: str, description: str, variants: list[str],
     """summary.json, README.md, figure.png and index.html under results/<name>/ (and
     trade_off.png for an experiment of TRADE_OFFS)."""
     settings = collect(root, name, variants, borrowed)
-    missing = not_run(root, name, variants)
+    missing = not_run(name, variants, settings)
     out = root / "results" / name
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "summary.json", json.dumps(
